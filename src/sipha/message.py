@@ -1,0 +1,542 @@
+"""SIP messages: bytes in, Request/Response objects out, and back (RFC 3261 §7, §20).
+
+The parser does what a proxy needs and no more: it splits the start line and the
+header lines, expands compact names, unfolds continuation lines and reads the
+fields every routing decision looks at (top Via, Call-ID, CSeq, From/To tags).
+Every other header stays an opaque string and is written back as it came.
+
+Anything malformed raises :class:`ParseError` and nothing else, carrying the
+partly parsed request (when there is one) so the caller can still answer
+``400`` with a reason that names the problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from sipha.uri import (
+    URIError,
+    _split_params,
+    format_host_port,
+    format_params,
+    parse_name_addr,
+    split_comma_list,
+    split_host_port,
+)
+
+SIP_VERSION = "SIP/2.0"
+BRANCH_COOKIE = "z9hG4bK"
+
+#: Compact header forms (RFC 3261 §7.3.3, RFC 3265, RFC 3515, RFC 4028 ...).
+COMPACT_FORMS = {
+    "a": "accept-contact",
+    "b": "referred-by",
+    "c": "content-type",
+    "d": "request-disposition",
+    "e": "content-encoding",
+    "f": "from",
+    "i": "call-id",
+    "j": "reject-contact",
+    "k": "supported",
+    "l": "content-length",
+    "m": "contact",
+    "n": "identity-info",
+    "o": "event",
+    "r": "refer-to",
+    "s": "subject",
+    "t": "to",
+    "u": "allow-events",
+    "v": "via",
+    "x": "session-expires",
+    "y": "identity",
+}
+
+#: How sipha writes header names it knows; others keep the sender's spelling.
+CANONICAL_NAMES = {
+    name.lower(): name
+    for name in (
+        "Accept", "Accept-Contact", "Accept-Encoding", "Accept-Language", "Alert-Info",
+        "Allow", "Allow-Events", "Authentication-Info", "Authorization", "Call-ID",
+        "Call-Info", "Contact", "Content-Disposition", "Content-Encoding",
+        "Content-Language", "Content-Length", "Content-Type", "CSeq", "Date",
+        "Error-Info", "Event", "Expires", "From", "Identity", "Identity-Info",
+        "In-Reply-To", "Max-Forwards", "Min-Expires", "MIME-Version", "Organization",
+        "Priority", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require",
+        "Reason", "Record-Route", "Refer-To", "Referred-By", "Reject-Contact",
+        "Reply-To", "Request-Disposition", "Require", "Retry-After", "Route",
+        "Server", "Session-Expires", "Subject", "Supported", "Timestamp", "To",
+        "Unsupported", "User-Agent", "Via", "Warning", "WWW-Authenticate",
+    )
+}  # fmt: skip
+
+
+class ParseError(Exception):
+    """A message that cannot be accepted.
+
+    ``reason`` is short enough for a reason phrase. ``request`` is the partly
+    parsed request when the start line was a request line (so a reply can be
+    built); ``status`` is the code to answer with (400 or 513).
+    """
+
+    def __init__(self, reason: str, request: Request | None = None, status: int = 400):
+        super().__init__(reason)
+        self.reason = reason
+        self.request = request
+        self.status = status
+
+
+@dataclass(slots=True)
+class Via:
+    """One Via value (§20.42): ``SIP/2.0/UDP host:port;branch=...;rport``."""
+
+    transport: str
+    host: str
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    def __str__(self) -> str:
+        return (
+            f"{SIP_VERSION}/{self.transport} {format_host_port(self.host, self.port)}"
+            f"{format_params(self.params)}"
+        )
+
+    def response_target(self, transport: str) -> tuple[str, int]:
+        """Where a response to this hop goes over an unreliable transport.
+
+        RFC 3261 §18.2.2 with RFC 3581: ``maddr`` first, then ``received``
+        (the source address), with ``rport`` naming the source port.
+        """
+        host = self.params.get("maddr") or self.params.get("received") or self.host
+        rport = self.params.get("rport")
+        if rport:
+            port = int(rport)
+        elif self.port is not None:
+            port = self.port
+        else:
+            port = 5061 if transport == "tls" else 5060
+        return host, port
+
+
+def parse_via(text: str) -> Via:
+    """Parse one Via value; raise :class:`ParseError` naming the defect."""
+    protocol, _, rest = text.strip().partition(" ")
+    parts = protocol.split("/")
+    if len(parts) != 3 or parts[0].upper() != "SIP" or parts[1] != "2.0":
+        raise ParseError(f"Bad Via protocol {protocol[:32]!r}")
+    sent_by, _, params = rest.strip().partition(";")
+    try:
+        host, port = split_host_port(sent_by.strip())
+    except URIError as exc:
+        raise ParseError(f"Bad Via sent-by: {exc}") from None
+    values = _split_params(params)
+    rport = values.get("rport")
+    if rport is not None and not (rport.isdigit() and 0 < int(rport) < 65536):
+        raise ParseError("Bad Via rport")
+    return Via(parts[2].upper(), host, port, values)
+
+
+_LIST_HEADERS = frozenset(
+    ("via", "route", "record-route", "contact", "allow", "supported", "require",
+     "proxy-require", "unsupported", "accept", "accept-encoding", "allow-events")
+)  # fmt: skip
+
+
+class Message:
+    """Header list and body shared by requests and responses.
+
+    ``headers`` is a list of ``(key, name, value)``: ``key`` is the lower-case
+    full name used for look-ups, ``name`` the spelling written on the wire.
+    """
+
+    __slots__ = ("headers", "body", "call_id", "cseq", "cseq_method", "from_tag",
+                 "to_tag", "_via")  # fmt: skip
+
+    def __init__(self, headers: list[tuple[str, str, str]], body: bytes = b""):
+        self.headers = headers
+        self.body = body
+        self.call_id = ""
+        self.cseq = 0
+        self.cseq_method = ""
+        self.from_tag: str | None = None
+        self.to_tag: str | None = None
+        self._via: Via | None = None
+
+    # -- look-ups -----------------------------------------------------------------
+    def get(self, name: str) -> str | None:
+        """The first line of header ``name`` (case-insensitive, full name)."""
+        key = name.lower()
+        for k, _, value in self.headers:
+            if k == key:
+                return value
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name``, comma lists split (§7.3.1)."""
+        key = name.lower()
+        values: list[str] = []
+        for k, _, value in self.headers:
+            if k == key:
+                values.extend(split_comma_list(value) if k in _LIST_HEADERS else [value])
+        return values
+
+    def has(self, name: str) -> bool:
+        key = name.lower()
+        return any(k == key for k, _, _ in self.headers)
+
+    @property
+    def top_via(self) -> Via:
+        """The parsed top Via; parsing validated it, so it is always there."""
+        if self._via is None:
+            first = self.get("via")
+            if first is None:
+                raise ParseError("Missing Via")
+            self._via = parse_via(split_comma_list(first)[0])
+        return self._via
+
+    # -- changes ----------------------------------------------------------------
+    def insert(self, name: str, value: str, index: int = 0) -> None:
+        key = name.lower()
+        self.headers.insert(index, (key, CANONICAL_NAMES.get(key, name), value))
+        if key == "via":
+            self._via = None
+
+    def append(self, name: str, value: str) -> None:
+        key = name.lower()
+        self.headers.append((key, CANONICAL_NAMES.get(key, name), value))
+
+    def set(self, name: str, value: str) -> None:
+        """Replace the first line of ``name``, or append it."""
+        key = name.lower()
+        for i, (k, n, _) in enumerate(self.headers):
+            if k == key:
+                self.headers[i] = (k, n, value)
+                break
+        else:
+            self.append(name, value)
+        if key == "via":
+            self._via = None
+
+    def remove(self, name: str) -> None:
+        key = name.lower()
+        self.headers = [h for h in self.headers if h[0] != key]
+        if key == "via":
+            self._via = None
+
+    def pop_first(self, name: str) -> str | None:
+        """Remove and return the first value of a list header, keeping the others."""
+        key = name.lower()
+        for i, (k, n, value) in enumerate(self.headers):
+            if k == key:
+                values = split_comma_list(value)
+                first = values.pop(0) if values else None
+                if values:
+                    self.headers[i] = (k, n, ", ".join(values))
+                else:
+                    del self.headers[i]
+                if key == "via":
+                    self._via = None
+                return first
+        return None
+
+    def replace_top_via(self, via: Via) -> None:
+        """Write back a changed top Via (received/rport), leaving the others as they were."""
+        for i, (k, n, value) in enumerate(self.headers):
+            if k == "via":
+                rest = split_comma_list(value)[1:]
+                self.headers[i] = (k, n, ", ".join([str(via), *rest]))
+                self._via = via
+                return
+
+    # -- output -----------------------------------------------------------------
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    def serialize(self) -> bytes:
+        """Wire form; Content-Length always states the body's real size."""
+        length = str(len(self.body))
+        lines = [self.start_line()]
+        seen_length = False
+        for key, name, value in self.headers:
+            if key == "content-length":
+                if seen_length:
+                    continue
+                seen_length = True
+                value = length
+            lines.append(f"{name}: {value}")
+        if not seen_length:
+            lines.append(f"Content-Length: {length}")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
+
+
+class Request(Message):
+    __slots__ = ("method", "uri")
+
+    def __init__(self, method: str, uri: str, headers: list[tuple[str, str, str]],
+                 body: bytes = b""):  # fmt: skip
+        super().__init__(headers, body)
+        self.method = method
+        self.uri = uri
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} {SIP_VERSION}"
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri} call-id={self.call_id!r}>"
+
+
+class Response(Message):
+    __slots__ = ("status", "reason")
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str, str]],
+                 body: bytes = b""):  # fmt: skip
+        super().__init__(headers, body)
+        self.status = status
+        self.reason = reason
+
+    def start_line(self) -> str:
+        return f"{SIP_VERSION} {self.status} {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.cseq_method} call-id={self.call_id!r}>"
+
+
+# -- parsing --------------------------------------------------------------------------
+
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+
+
+def _is_token(text: str) -> bool:
+    return bool(text) and all(c in _TOKEN_CHARS for c in text)
+
+
+def _split_head(data: bytes) -> tuple[bytes, bytes]:
+    """Split at the empty line; bare LF line ends are tolerated (§7.5 robustness)."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if sep:
+        return head, body
+    head, sep, body = data.partition(b"\n\n")
+    if sep:
+        return head, body
+    return data.rstrip(b"\r\n"), b""
+
+
+def _header_lines(text: str) -> Iterator[str]:
+    """Logical header lines: continuation lines (leading SP/HT) are unfolded (§7.3.1)."""
+    lines = text.split("\r\n") if "\r\n" in text else text.split("\n")
+    current: str | None = None
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            if current is None:
+                raise ParseError("Continuation line before any header")
+            current += " " + line.strip()
+            continue
+        if current is not None:
+            yield current
+        current = line
+    if current is not None:
+        yield current
+
+
+def _parse_headers(lines: Iterable[str]) -> tuple[list[tuple[str, str, str]], str | None]:
+    """Parse every well-formed line; report the first bad one instead of stopping.
+
+    Keeping the good lines lets a ``400`` carry the Via, From, To, Call-ID and
+    CSeq of a request that is broken elsewhere.
+    """
+    headers = []
+    problem = None
+    for line in lines:
+        name, colon, value = line.partition(":")
+        name = name.strip()
+        if not colon or not _is_token(name):
+            problem = problem or f"Malformed header line {line[:32]!r}"
+            continue
+        key = name.lower()
+        key = COMPACT_FORMS.get(key, key)
+        headers.append((key, CANONICAL_NAMES.get(key, name), value.strip()))
+    return headers, problem
+
+
+def parse_message(
+    data: bytes, *, stream: bool = False, max_size: int = 65535
+) -> Request | Response:
+    """Parse one whole SIP message.
+
+    ``stream`` marks a message framed from TCP/TLS, where Content-Length is
+    mandatory; over UDP a missing length means "the rest of the datagram", a
+    body longer than the length is trimmed, and a shorter one is an error
+    (§18.3).
+    """
+    head, body = _split_head(data)
+    try:
+        text = head.decode("utf-8", "surrogateescape")
+    except UnicodeDecodeError:  # pragma: no cover - surrogateescape never fails
+        raise ParseError("Undecodable message") from None
+    end = text.find("\n")
+    first = (text if end < 0 else text[:end]).rstrip("\r")
+    message: Request | Response
+    if first.startswith(SIP_VERSION + " "):
+        parts = first.split(" ", 2)
+        code = parts[1]
+        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+            raise ParseError(f"Bad status code {code[:16]!r}")
+        message = Response(int(code), parts[2] if len(parts) > 2 else "", [])
+    else:
+        parts = first.split(" ")
+        if len(parts) != 3 or parts[2] != SIP_VERSION or not _is_token(parts[0]):
+            raise ParseError(f"Bad request line {first[:48]!r}")
+        message = Request(parts[0], parts[1], [])
+    request = message if isinstance(message, Request) else None
+    try:
+        message.headers, problem = _parse_headers(_header_lines(text))
+        if len(data) > max_size:
+            raise ParseError("Message Too Large", status=513)
+        if problem:
+            raise ParseError(problem)
+        message.body = _body(message, body, stream)
+        _read_core_fields(message)
+    except ParseError as exc:
+        exc.request = request
+        raise
+    return message
+
+
+def _body(message: Message, body: bytes, stream: bool) -> bytes:
+    lengths = message.get_all("content-length")
+    if not lengths:
+        if stream:
+            raise ParseError("Missing Content-Length")
+        return body
+    if len(set(lengths)) > 1:
+        raise ParseError("Conflicting Content-Length")
+    length = lengths[0]
+    if not length.isdigit():
+        raise ParseError("Bad Content-Length")
+    size = int(length)
+    if size > len(body):
+        raise ParseError("Content-Length exceeds body")
+    return body[:size]
+
+
+def _read_core_fields(message: Message) -> None:
+    """Read and check the fields every transaction and route decision uses (§8.1.1)."""
+    call_id = message.get("call-id")
+    if not call_id:
+        raise ParseError("Missing Call-ID")
+    message.call_id = call_id
+    cseq = message.get("cseq")
+    if cseq is None:
+        raise ParseError("Missing CSeq")
+    number, _, method = cseq.partition(" ")
+    method = method.strip()
+    if not number.isdigit() or len(number) > 10 or not _is_token(method):
+        raise ParseError("Bad CSeq")
+    message.cseq, message.cseq_method = int(number), method
+    if isinstance(message, Request) and method != message.method:
+        raise ParseError("CSeq method does not match request method")
+    message.from_tag = _tag(message, "from")
+    message.to_tag = _tag(message, "to")
+    message.top_via  # noqa: B018 - parse now so a bad Via is a parse error
+
+
+def _tag(message: Message, name: str) -> str | None:
+    value = message.get(name)
+    if value is None:
+        raise ParseError(f"Missing {CANONICAL_NAMES[name]}")
+    try:
+        return parse_name_addr(value).tag
+    except URIError as exc:
+        raise ParseError(f"Bad {CANONICAL_NAMES[name]}: {exc}") from None
+
+
+# -- replies ----------------------------------------------------------------------------
+
+#: Reason phrases sipha uses for the replies it generates itself.
+REASONS = {
+    100: "Trying", 200: "OK", 400: "Bad Request", 404: "Not Found",
+    405: "Method Not Allowed", 408: "Request Timeout", 416: "Unsupported URI Scheme",
+    482: "Loop Detected", 483: "Too Many Hops", 487: "Request Terminated",
+    500: "Server Internal Error", 503: "Service Unavailable", 513: "Message Too Large",
+}  # fmt: skip
+
+_REPLY_COPIED = ("via", "from", "to", "call-id", "cseq")
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    extra: Iterable[tuple[str, str]] = (),
+) -> Response:
+    """Build a reply to ``request`` (§8.2.6): Via, From, To, Call-ID and CSeq copied.
+
+    A To tag is added to every reply but ``100`` when the request had none;
+    ``to_tag`` should be the same for every reply of one transaction.
+    """
+    headers = [h for h in request.headers if h[0] in _REPLY_COPIED]
+    if status > 100 and request.to_tag is None and to_tag:
+        headers = [
+            (k, n, f"{v};tag={to_tag}") if k == "to" else (k, n, v) for k, n, v in headers
+        ]
+    response = Response(status, reason or REASONS.get(status, "Unknown"), headers)
+    for name, value in extra:
+        response.append(name, value)
+    response.call_id, response.cseq = request.call_id, request.cseq
+    response.cseq_method = request.cseq_method
+    response.from_tag = request.from_tag
+    response.to_tag = request.to_tag or (to_tag if status > 100 else None)
+    return response
+
+
+class StreamFramer:
+    """Cut a TCP/TLS byte stream into SIP messages by Content-Length (§18.3).
+
+    Feed it any chunking of the stream; it yields each whole message once.
+    Leading CRLFs (RFC 5626 keep-alives) are skipped. A head over
+    ``max_size`` without an empty line, or a declared body that would exceed
+    it, raises :class:`ParseError`: the stream cannot be resynchronised and
+    the connection must be closed.
+    """
+
+    def __init__(self, max_size: int = 65535):
+        self.max_size = max_size
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        self._buffer += data
+        while True:
+            buffer = self._buffer.lstrip(b"\r\n")
+            self._buffer = buffer
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > self.max_size:
+                    raise ParseError("Message Too Large", status=513)
+                return
+            size = _stream_content_length(buffer[:end])
+            total = end + 4 + size
+            if total > self.max_size:
+                raise ParseError("Message Too Large", status=513)
+            if len(buffer) < total:
+                return
+            self._buffer = buffer[total:]
+            yield buffer[:total]
+
+
+def _stream_content_length(head: bytes) -> int:
+    """The declared body size in a message head; 0 when absent (the parser then rejects it)."""
+    for line in head.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() in (b"content-length", b"l"):
+            value = value.strip()
+            if not value.isdigit():
+                raise ParseError("Bad Content-Length")
+            return int(value)
+    return 0

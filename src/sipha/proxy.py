@@ -1,0 +1,408 @@
+"""The stateful proxy core (RFC 3261 §16): bytes in, routing decisions carried out, bytes out.
+
+:class:`ProxyCore` receives every message from the transport edge. Requests
+are validated (§16.3), matched against server transactions (retransmissions
+and non-2xx ACKs are absorbed there), then given to the route, whose decision
+it carries out. A :class:`ProxyContext` ties one server transaction to the
+client transactions it forwards to, one at a time: when a branch times out
+without any reply or answers 5xx, the next target takes the call (serial
+failover); the caller sees only the final outcome.
+
+Sans-IO: the clock and the ``send`` callable are injected; nothing here knows
+about sockets or the reactor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from twisted.logger import Logger
+
+from sipha.message import (
+    BRANCH_COOKIE,
+    ParseError,
+    Request,
+    Response,
+    make_response,
+    parse_message,
+)
+from sipha.routing import DROP, Relay, Reply, Route, RouteHelpers
+from sipha.transaction import (
+    ClientTransaction,
+    Clock,
+    Peer,
+    Send,
+    ServerTransaction,
+    State,
+    TimerSettings,
+    TransactionLayer,
+    build_cancel,
+)
+from sipha.uri import URI, URIError, format_host_port, parse_name_addr, parse_uri
+
+log = Logger(namespace="sipha.proxy")
+
+_NO_ANSWER = 'SIP;cause=480;text="NO_ANSWER"'
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.md5("\x00".join(map(str, parts)).encode("utf-8", "surrogateescape"),
+                       usedforsecurity=False).hexdigest()  # fmt: skip
+
+
+class ProxyCore:
+    """The proxy as one object: feed it messages with :meth:`receive`.
+
+    ``listeners`` are sipha's own addresses (objects with ``transport``,
+    ``host`` and ``port``); they decide what "a Route to me" is, and which
+    address goes into Via and Record-Route on each outbound transport.
+    """
+
+    def __init__(self, clock: Clock, send: Send, listeners: Sequence[Any], route: Route,
+                 timers: TimerSettings, *, max_message_size: int = 65535,
+                 helpers_factory: Any = None):  # fmt: skip
+        self.clock = clock
+        self.send = send
+        self.listeners = list(listeners)
+        self.route = route
+        self.max_message_size = max_message_size
+        self.layer = TransactionLayer(clock, send, timers, lambda key: _digest(*key)[:10])
+        self.stats: Counter[str] = Counter()
+        self.helpers: RouteHelpers = helpers_factory(self)
+        self._local = {(lst.host, lst.port) for lst in self.listeners}
+
+    # -- what the route helpers ask -----------------------------------------------
+    def is_local(self, uri: URI) -> bool:
+        return (uri.host, uri.effective_port) in self._local
+
+    def has_invite_transaction(self, cancel: Request) -> bool:
+        return self.layer.find_server(cancel, "INVITE") is not None
+
+    def listener_for(self, transport: str, host: str) -> Any:
+        """The listener that sends to ``host`` over ``transport``: same transport and family."""
+        v6 = ":" in host
+        for listener in self.listeners:
+            if listener.transport == transport and (":" in listener.host) == v6:
+                return listener
+        return None
+
+    # -- input ---------------------------------------------------------------------
+    def receive(self, data: bytes, source: Peer, local: Any) -> None:
+        """Handle one datagram or one framed stream message."""
+        if not data.strip(b"\r\n"):
+            return  # keep-alive
+        try:
+            message = parse_message(data, stream=source.reliable,
+                                    max_size=self.max_message_size)  # fmt: skip
+        except ParseError as error:
+            self._reject(error, source, local)
+            return
+        if isinstance(message, Response):
+            self.stats["responses_received"] += 1
+            self._on_response(message)
+        else:
+            self.stats["requests_received"] += 1
+            self._on_request(message, source, local)
+
+    def _reject(self, error: ParseError, source: Peer, local: Any) -> None:
+        """A malformed message: 400/513 for a request we can answer, otherwise drop it."""
+        self.stats["parse_errors"] += 1
+        request = error.request
+        if request is None or request.method == "ACK":
+            log.debug("dropped unparseable message from {source}: {reason}", source=source,
+                      reason=error.reason)  # fmt: skip
+            return
+        response = make_response(request, error.status, error.reason,
+                                 to_tag=_digest(source, request.call_id)[:10])  # fmt: skip
+        try:
+            peer = Peer("udp", *request.top_via.response_target("udp"))
+        except ParseError:
+            peer = source  # the Via is unusable: answer where it came from
+        if source.reliable:
+            peer = source
+        log.info("rejected request from {source}: {status} {reason}", source=source,
+                 status=error.status, reason=error.reason)  # fmt: skip
+        self.send(response.serialize(), peer, local)
+
+    def _on_response(self, response: Response) -> None:
+        transaction = self.layer.match_response(response)
+        if transaction is None:
+            # A stray: with RFC 6026's Accepted state a stateful proxy has no
+            # reason to forward responses it has no transaction for.
+            self.stats["responses_dropped"] += 1
+            return
+        transaction.receive_response(response)
+
+    def _on_request(self, request: Request, source: Peer, local: Any) -> None:
+        via = request.top_via
+        rport = "rport" in via.params and via.params["rport"] is None
+        if via.host != source.host or rport:
+            # RFC 3261 §18.2.1 and RFC 3581: remember where the request came from.
+            via.params["received"] = source.host
+            if rport:
+                via.params["rport"] = str(source.port)
+            request.replace_top_via(via)
+        if request.method == "ACK":
+            server = self.layer.find_server(request)
+            if server is not None and server.state in (State.COMPLETED, State.CONFIRMED):
+                server.receive_ack()
+                return
+        else:
+            server = self.layer.find_server(request)
+            if server is not None:
+                server.receive_retransmission()
+                return
+        loop_key = self._loop_key(request)
+        rejection = self._validate(request, loop_key)
+        decision = rejection or self.route(request, self.helpers)
+        if decision is DROP:
+            self.stats["requests_dropped"] += 1
+            return
+        if isinstance(decision, Reply):
+            if request.method != "ACK":
+                self.layer.new_server(request, source, local).reply(
+                    decision.status, decision.reason, decision.headers)
+            return
+        assert isinstance(decision, Relay)
+        if request.method == "ACK":
+            self._forward_ack(request, decision, loop_key)
+        elif request.method == "CANCEL":
+            self._cancel(request, source, local)
+        else:
+            self._relay(request, source, local, decision, loop_key)
+
+    def _validate(self, request: Request, loop_key: str) -> Reply | None:
+        """§16.3: URI scheme (416), Proxy-Require (420) and loops (482)."""
+        if request.method == "ACK":
+            return None
+        scheme = request.uri.partition(":")[0].lower()
+        if scheme not in ("sip", "sips"):
+            return Reply(416)
+        required = request.get_all("proxy-require")
+        if required:
+            return Reply(420, "Bad Extension", (("Unsupported", ", ".join(required)),))
+        if self._looped(request, loop_key):
+            return Reply(482)
+        return None
+
+    def _loop_key(self, request: Request) -> str:
+        """The §16.6 step 8 loop-detection part of the branch: the same for a looped copy."""
+        routes = ",".join(request.get_all("route"))
+        return _digest(request.uri, request.from_tag, request.call_id, request.cseq, routes)[:12]
+
+    def _looped(self, request: Request, loop_key: str) -> bool:
+        for value in request.get_all("via"):
+            sent_by, _, params = value.partition(";")
+            if f"{BRANCH_COOKIE}{loop_key}." not in params:
+                continue
+            try:
+                via_host = sent_by.split()[-1]
+            except IndexError:
+                continue
+            for listener in self.listeners:
+                if via_host == format_host_port(listener.host, listener.port):
+                    return True
+        return False
+
+    # -- forwarding ----------------------------------------------------------------
+    def next_hop(self, target: str | None, request: Request) -> tuple[Peer, Any] | None:
+        """Peer and local listener for a target URI, or the request's own next hop."""
+        if target is None:
+            routes = request.get_all("route")
+            target = parse_name_addr(routes[0]).uri if routes else request.uri
+        try:
+            uri = parse_uri(target)
+        except URIError:
+            return None
+        host = uri.params.get("maddr") or uri.host
+        local = self.listener_for(uri.transport, host)
+        if local is None:
+            return None
+        return Peer(uri.transport, host, uri.effective_port), local
+
+    def via_for(self, local: Any, branch: str) -> str:
+        return (f"SIP/2.0/{local.transport.upper()} "
+                f"{format_host_port(local.host, local.port)};branch={branch}")  # fmt: skip
+
+    def _forward_ack(self, request: Request, decision: Relay, loop_key: str) -> None:
+        """An end-to-end ACK (for a 2xx) is forwarded statelessly (§16.11)."""
+        targets = iter(decision.targets) if decision.targets is not None else None
+        hop = self.next_hop(next(targets, None) if targets else None, request)
+        if hop is None:
+            self.stats["requests_dropped"] += 1
+            return
+        peer, local = hop
+        branch = f"{BRANCH_COOKIE}{loop_key}.{_digest(request.top_via.branch)[:10]}.a"
+        request.insert("Via", self.via_for(local, branch))
+        self.stats["requests_forwarded"] += 1
+        self.send(request.serialize(), peer, local)
+
+    def _cancel(self, cancel: Request, source: Peer, local: Any) -> None:
+        invite = self.layer.find_server(cancel, "INVITE")
+        server = self.layer.new_server(cancel, source, local)
+        server.reply(200)
+        if invite is not None and isinstance(invite.user, ProxyContext):
+            invite.user.cancel()
+
+    def _relay(self, request: Request, source: Peer, local: Any, decision: Relay,
+               loop_key: str) -> None:  # fmt: skip
+        server = self.layer.new_server(request, source, local)
+        if request.method == "INVITE":
+            server.reply(100)
+        context = ProxyContext(self, server, decision, loop_key)
+        server.user = context
+        if not context.next_branch():
+            server.reply(503, "No Destination Available")
+
+
+class _IgnoreReplies:
+    """The user of a CANCEL the proxy sends: its 200 or its timeout change nothing."""
+
+    def on_response(self, transaction: ClientTransaction, response: Response) -> None:
+        pass
+
+    def on_timeout(self, transaction: ClientTransaction) -> None:
+        pass
+
+
+_IGNORE = _IgnoreReplies()
+
+
+class ProxyContext:
+    """One request being proxied: its server transaction and its branches (§16.7)."""
+
+    def __init__(self, core: ProxyCore, server: ServerTransaction, decision: Relay,
+                 loop_key: str):  # fmt: skip
+        self.core = core
+        self.server = server
+        self.request = server.request
+        self.record_route = decision.record_route and self.request.to_tag is None
+        self.targets: Iterator[str | None] = (
+            iter(decision.targets) if decision.targets is not None else iter([None]))
+        self.branch_prefix = f"{BRANCH_COOKIE}{loop_key}.{_digest(*server.key)[:10]}."
+        self.branches: list[ClientTransaction] = []
+        self.best: Response | None = None
+        self.finished = False
+        self.cancelled = False
+
+    def next_branch(self) -> bool:
+        """Forward to the next target that can be reached; False when none is left."""
+        for target in self.targets:
+            hop = self.core.next_hop(target, self.request)
+            if hop is None:
+                log.warn("cannot reach target {target}", target=target or self.request.uri)
+                continue
+            self._fork(*hop)
+            return True
+        return False
+
+    def _fork(self, peer: Peer, local: Any) -> None:
+        incoming = self.request
+        out = Request(incoming.method, incoming.uri, list(incoming.headers), incoming.body)
+        out.call_id, out.cseq, out.cseq_method = incoming.call_id, incoming.cseq, incoming.cseq_method
+        out.from_tag, out.to_tag = incoming.from_tag, incoming.to_tag
+        if self.record_route:
+            for index, entry in enumerate(self._record_route(local)):
+                out.insert("Record-Route", entry, index)
+        branch = f"{self.branch_prefix}{len(self.branches)}"
+        out.insert("Via", self.core.via_for(local, branch))
+        transaction = ClientTransaction(self.core.layer, out, peer, local, self)
+        self.branches.append(transaction)
+        log.debug("{method} {call_id} to {peer}", method=out.method, call_id=out.call_id,
+                  peer=peer)  # fmt: skip
+        self.core.stats["requests_forwarded"] += 1
+        transaction.start()
+
+    def _record_route(self, outbound: Any) -> list[str]:
+        """Our Record-Route entries: one, or two with ``r2=on`` when in and out differ (§16.6)."""
+        ftag = f";ftag={self.request.from_tag}" if self.request.from_tag else ""
+        inbound = self.server.local
+        if inbound == outbound:
+            return [f"<{_rr_uri(inbound)};lr{ftag}>"]
+        return [f"<{_rr_uri(outbound)};r2=on;lr{ftag}>", f"<{_rr_uri(inbound)};r2=on;lr{ftag}>"]
+
+    # -- branch events (ClientUser) ------------------------------------------------
+    def on_response(self, branch: ClientTransaction, response: Response) -> None:
+        response.pop_first("via")
+        if not response.has("via"):
+            return  # addressed to sipha itself: nothing to forward
+        status = response.status
+        if status < 200:
+            if self.cancelled and branch.is_invite:
+                self._send_cancel(branch)
+            if status > 100 and not self.finished:
+                self.server.send_response(response)
+            return
+        if status < 300:
+            self.finished = True
+            self.server.send_response(response)
+            return
+        if self.finished:
+            return
+        self._remember(response)
+        if not self.cancelled and 500 <= status < 600 and self.next_branch():
+            return
+        self._finish()
+
+    def on_timeout(self, branch: ClientTransaction) -> None:
+        if self.finished:
+            return
+        if branch.provisional and branch.is_invite:
+            self._send_cancel(branch, _NO_ANSWER)
+        elif not self.cancelled and self.next_branch():
+            return
+        self._finish()
+
+    def cancel(self) -> None:
+        """The caller CANCELled: cancel branches that rang, give up on the rest (§16.10)."""
+        if self.finished or self.cancelled:
+            return
+        self.cancelled = True
+        for branch in self.branches:
+            if branch.provisional:
+                self._send_cancel(branch)
+            else:
+                # A CANCEL may not precede a provisional reply; one is sent if
+                # the branch rings later (see on_response).
+                branch.stop_retransmissions()
+        if not any(branch.provisional for branch in self.branches):
+            self._finish()
+
+    def _send_cancel(self, branch: ClientTransaction, reason: str | None = None) -> None:
+        if branch.cancel_sent:
+            return
+        branch.cancel_sent = True
+        cancel = build_cancel(branch.request, reason)
+        ClientTransaction(self.core.layer, cancel, branch.peer, branch.local, _IGNORE).start()
+
+    def _remember(self, response: Response) -> None:
+        """Keep the best final reply so far (§16.7 step 6): 6xx wins, then the lowest class."""
+        best = self.best
+        if best is None or response.status >= 600 or (
+            best.status < 600 and response.status // 100 < best.status // 100
+        ):
+            self.best = response
+
+    def _finish(self) -> None:
+        """Send the one final non-2xx reply upstream."""
+        self.finished = True
+        if self.cancelled:
+            self.server.reply(487)
+            return
+        best = self.best
+        if best is None:
+            self.server.reply(408)
+        elif best.status == 503:
+            # §16.7 step 6: a 503 from downstream means that server is
+            # overloaded, not that sipha is; the caller gets 500.
+            self.server.reply(500, "Service Unavailable Downstream")
+        else:
+            self.server.send_response(best)
+
+
+def _rr_uri(listener: Any) -> str:
+    transport = "" if listener.transport == "udp" else f";transport={listener.transport}"
+    return f"sip:{format_host_port(listener.host, listener.port)}{transport}"

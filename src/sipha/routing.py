@@ -1,0 +1,213 @@
+"""The route: what happens to each request, as a plain Python function.
+
+A route takes the request and a :class:`RouteHelpers` (the functions an
+opensips.cfg route calls: ``mf_process_maxfwd_header``, ``loose_route``,
+``t_check_trans``, ``load_balance``, ``ds_select_dst``) and returns a decision:
+:class:`Reply`, :class:`Relay` or :data:`DROP`. The proxy core carries the
+decision out statefully. :func:`reference_route` is the reference deployment's
+route; a user route has the same signature and is named in the config
+(``route.function = "package.module:function"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sipha.message import Request
+from sipha.uri import URI, URIError, parse_name_addr, parse_uri
+
+if TYPE_CHECKING:
+    from sipha.config import RouteConfig
+
+#: Methods sipha's reference route accepts, sent in ``Allow`` with a 405.
+ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, REGISTER"
+
+#: OpenSIPS maxfwd's ``max_limit``: larger values are lowered to this.
+MAX_FORWARDS_LIMIT = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Answer the request here (statefully, so retransmissions are absorbed)."""
+
+    status: int
+    reason: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """Forward the request statefully.
+
+    ``targets`` are next-hop URIs (OpenSIPS's ``$du``), tried one after the
+    other when a branch times out or answers 5xx; they are consumed lazily, so
+    a generator can pick the next destination only when it is needed
+    (``lb_next``). ``None`` means "where the request itself points" (its top
+    Route, else its Request-URI), as for in-dialog requests.
+    """
+
+    targets: Iterable[str] | None = None
+    record_route: bool = True
+
+
+class _Drop:
+    def __repr__(self) -> str:
+        return "DROP"
+
+
+#: Discard the request silently (an ACK or CANCEL that matches nothing).
+DROP = _Drop()
+
+Decision = Reply | Relay | _Drop
+Route = Callable[[Request, "RouteHelpers"], Decision]
+
+
+class ProxyState(Protocol):
+    """What the helpers need to know of the running proxy."""
+
+    def is_local(self, uri: URI) -> bool: ...
+    def has_invite_transaction(self, cancel: Request) -> bool: ...
+
+
+class Destinations(Protocol):
+    """A source of next hops for a group or set (the balancer and dispatcher)."""
+
+    def candidates(self, request: Request, group: int, **options: Any) -> Iterator[str] | None:
+        ...
+
+
+class RoundRobin:
+    """Destinations taken in turn, the rest of the group as failover.
+
+    This is the selection used until the dispatcher and load balancer take over
+    group by group; it keeps one cursor per group.
+    """
+
+    def __init__(self, groups: dict[int, Sequence[str]]):
+        self.groups = {group: list(uris) for group, uris in groups.items() if uris}
+        self._next: dict[int, int] = {}
+
+    def candidates(self, request: Request, group: int, **options: Any) -> Iterator[str] | None:
+        uris = self.groups.get(group)
+        if not uris:
+            return None
+        start = self._next.get(group, 0) % len(uris)
+        self._next[group] = start + 1
+        return iter(uris[start:] + uris[:start])
+
+
+class RouteHelpers:
+    """The functions a route calls; each one mirrors an OpenSIPS script function."""
+
+    def __init__(self, proxy: ProxyState, settings: RouteConfig, max_forwards: int,
+                 balancer: Destinations, dispatcher: Destinations):  # fmt: skip
+        self.proxy = proxy
+        self.settings = settings
+        self.default_max_forwards = max_forwards
+        self.balancer = balancer
+        self.dispatcher = dispatcher
+
+    def max_forwards(self, request: Request) -> bool:
+        """``mf_process_maxfwd_header``: False when the request must get 483.
+
+        Absent: add the configured value. Zero or unreadable: False. Otherwise
+        decrement, first lowering anything above 256 (OpenSIPS's max_limit).
+        """
+        value = request.get("max-forwards")
+        if value is None:
+            request.insert("Max-Forwards", str(self.default_max_forwards))
+            return True
+        if not value.isdigit() or int(value) == 0:
+            return False
+        request.set("Max-Forwards", str(min(int(value), MAX_FORWARDS_LIMIT + 1) - 1))
+        return True
+
+    def loose_route(self, request: Request) -> bool:
+        """Route processing of §16.4 and §16.12 for a request that sipha record-routed.
+
+        True when the request was routed through sipha: its own Route entries
+        (both, after a double Record-Route) are removed, a strict-routed
+        Request-URI is restored from the last Route, and the request is left
+        pointing at its next hop.
+        """
+        routes = request.get_all("route")
+        via_strict = self._is_local(request.uri)
+        if via_strict:
+            # The previous hop was a strict router: our own URI is in the
+            # R-URI and the real target is the last Route (§16.4).
+            if not routes:
+                return False
+            request.uri = parse_name_addr(routes[-1]).uri
+            routes = routes[:-1]
+        removed = 0
+        while routes and removed < 2:
+            first = parse_name_addr(routes[0])
+            if not self._is_local(first.uri):
+                break
+            routes.pop(0)
+            removed += 1
+            if removed == 1 and "r2" not in _uri_params(first.uri):
+                break
+        if not removed and not via_strict:
+            return False
+        if routes and not _uri_params(parse_name_addr(routes[0]).uri).keys() & {"lr"}:
+            # The next hop is a strict router: it goes into the R-URI and the
+            # R-URI becomes the last Route (§16.6 step 6).
+            routes.append(f"<{request.uri}>")
+            request.uri = parse_name_addr(routes.pop(0)).uri
+        request.remove("route")
+        for index, route in enumerate(routes):
+            request.insert("Route", route, index)
+        return True
+
+    def transaction_exists(self, request: Request) -> bool:
+        """``t_check_trans`` for a CANCEL: does it match a pending INVITE?"""
+        return self.proxy.has_invite_transaction(request)
+
+    def load_balance(self, request: Request, group: int, resource: str,
+                     algorithm: str = "relative") -> Iterator[str] | None:  # fmt: skip
+        """``load_balance(group, resource, algorithm)``: next hops, best first, or None."""
+        return self.balancer.candidates(request, group, resource=resource, algorithm=algorithm)
+
+    def ds_select(self, request: Request, set_id: int, algorithm: int = 0) -> Iterator[str] | None:
+        """``ds_select_dst(set, algorithm)``: next hops, first choice first, or None."""
+        return self.dispatcher.candidates(request, set_id, algorithm=algorithm)
+
+    def _is_local(self, uri: str) -> bool:
+        try:
+            return self.proxy.is_local(parse_uri(uri))
+        except URIError:
+            return False
+
+
+def _uri_params(uri: str) -> dict[str, str | None]:
+    try:
+        return parse_uri(uri).params
+    except URIError:
+        return {}
+
+
+def reference_route(request: Request, sip: RouteHelpers) -> Decision:
+    """The reference deployment's route (DESIGN.md, steps 1-7)."""
+    if not sip.max_forwards(request):
+        return Reply(483)
+    if request.to_tag is not None:
+        if sip.loose_route(request):
+            return Relay()
+        # Sequential request that did not come through sipha's Record-Route.
+        return DROP if request.method == "ACK" else Reply(404, "Not Here")
+    if request.method == "CANCEL":
+        return Relay() if sip.transaction_exists(request) else DROP
+    if request.method == "ACK":
+        return DROP  # an initial ACK matches nothing we sent
+    settings = sip.settings
+    if request.method == "INVITE":
+        targets = sip.load_balance(request, settings.lb_group, settings.lb_resource,
+                                   settings.lb_algorithm)  # fmt: skip
+        return Relay(targets) if targets is not None else Reply(503)
+    if request.method == "REGISTER":
+        targets = sip.ds_select(request, settings.ds_set, settings.ds_algorithm)
+        return Relay(targets, record_route=False) if targets is not None else Reply(503)
+    return Reply(405, headers=(("Allow", ALLOWED_METHODS),))

@@ -1,0 +1,192 @@
+"""The Twisted edge: UDP and TCP sockets feeding the sans-IO proxy core.
+
+Inbound, each datagram or framed stream message goes to ``core.receive`` with
+the peer it came from and the listener it arrived on. Outbound,
+:class:`Transports` implements the core's ``send(data, peer, local)``: UDP
+leaves from the listener's own socket (so replies come back to it), TCP reuses
+the connection a peer already has with sipha, in either direction (RFC 3261
+§18), and opens one only when there is none.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.internet.interfaces import IAddress
+from twisted.logger import Logger
+
+from sipha.config import ListenAddress
+from sipha.message import ParseError, StreamFramer
+from sipha.transaction import Peer
+
+log = Logger(namespace="sipha.transport")
+
+# Linux lets a privileged process exceed net.core.rmem_max with this option.
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
+def set_receive_buffer(sock: socket.socket, size: int) -> int:
+    """Ask for a ``size`` byte receive buffer and return what the kernel granted.
+
+    Bursts of SIP datagrams are lost in the socket buffer long before the CPU
+    is busy, so the default of a few hundred KB is not enough for a proxy.
+    """
+    for option in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+        except OSError:
+            continue
+        break
+    # Linux reports twice the requested size (it counts its bookkeeping).
+    return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class SIPDatagramProtocol(protocol.DatagramProtocol):
+    def __init__(self, core: Any, listener: ListenAddress):
+        self.core = core
+        self.listener = listener
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+        try:
+            self.core.receive(data, Peer("udp", addr[0], addr[1]), self.listener)
+        except Exception:
+            # One bad message must never stop the others: log it and carry on.
+            log.failure("error handling a datagram from {addr}", addr=addr)
+
+
+class SIPStreamProtocol(protocol.Protocol):
+    """One TCP connection, inbound or outbound, framed by Content-Length."""
+
+    def __init__(self, transports: Transports, listener: ListenAddress):
+        self.transports = transports
+        self.listener = listener
+        self.framer = StreamFramer(transports.max_message_size)
+        self.peer: Peer | None = None
+        self.pending: list[bytes] = []
+
+    def connectionMade(self) -> None:  # noqa: N802
+        address: IAddress = self.transport.getPeer()  # type: ignore[union-attr]
+        self.peer = Peer("tcp", address.host, address.port)  # type: ignore[attr-defined]
+        self.transports.connections[(self.peer.host, self.peer.port)] = self
+        for data in self.pending:
+            self.transport.write(data)  # type: ignore[union-attr]
+        self.pending.clear()
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        try:
+            for message in self.framer.feed(data):
+                self.transports.core.receive(message, self.peer, self.listener)
+        except ParseError as error:
+            log.info("closing stream from {peer}: {reason}", peer=self.peer, reason=error.reason)
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        except Exception:
+            log.failure("error handling a stream message from {peer}", peer=self.peer)
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        if self.peer is not None:
+            key = (self.peer.host, self.peer.port)
+            if self.transports.connections.get(key) is self:
+                del self.transports.connections[key]
+
+    def send(self, data: bytes) -> None:
+        if self.peer is None:
+            self.pending.append(data)
+        else:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+
+class SIPStreamFactory(protocol.Factory):
+    def __init__(self, transports: Transports, listener: ListenAddress):
+        self.transports = transports
+        self.listener = listener
+
+    def buildProtocol(self, addr: Any) -> SIPStreamProtocol:  # noqa: N802
+        return SIPStreamProtocol(self.transports, self.listener)
+
+
+class Transports:
+    """Every socket sipha owns, and the ``send`` the proxy core calls."""
+
+    def __init__(self, reactor: Any, max_message_size: int = 65535):
+        self.reactor = reactor
+        self.max_message_size = max_message_size
+        self.core: Any = None
+        self.udp: dict[ListenAddress, Any] = {}
+        self.tcp: dict[ListenAddress, Any] = {}
+        self.connections: dict[tuple[str, int], SIPStreamProtocol] = {}
+
+    def listen(self, listener: ListenAddress, receive_buffer: int) -> None:
+        if listener.transport == "udp":
+            port = self.reactor.listenUDP(
+                listener.port, SIPDatagramProtocol(self.core, listener),
+                interface=listener.host, maxPacketSize=65535)  # fmt: skip
+            granted = set_receive_buffer(port.socket, receive_buffer)
+            if granted < receive_buffer:
+                log.warn("{listener}: receive buffer is {granted} bytes, not {wanted}: "
+                         "raise net.core.rmem_max", listener=listener, granted=granted,
+                         wanted=receive_buffer)  # fmt: skip
+            self.udp[listener] = port
+        else:
+            self.tcp[listener] = self.reactor.listenTCP(
+                listener.port, SIPStreamFactory(self, listener), interface=listener.host)
+        log.info("sipha listening on {listener}", listener=listener)
+
+    async def stop(self) -> None:
+        for connection in list(self.connections.values()):
+            connection.transport.loseConnection()  # type: ignore[union-attr]
+        for port in [*self.udp.values(), *self.tcp.values()]:
+            await port.stopListening()
+        self.udp.clear()
+        self.tcp.clear()
+
+    def send(self, data: bytes, peer: Peer, local: ListenAddress) -> None:
+        if not _is_ip(peer.host):
+            # A host name in a URI: resolve it (A/AAAA) and send when known.
+            self.reactor.resolve(peer.host).addCallbacks(
+                lambda ip: self.send(data, peer._replace(host=ip), local),
+                lambda failure: log.warn("cannot resolve {host}: {error}", host=peer.host,
+                                         error=failure.getErrorMessage()))  # fmt: skip
+            return
+        if peer.transport == "udp":
+            port = self.udp.get(local)
+            if port is None:
+                log.warn("no UDP socket for {local}", local=local)
+                return
+            try:
+                port.write(data, (peer.host, peer.port))
+            except OSError as error:
+                # A full send buffer or unreachable peer: the transaction's own
+                # retransmissions and timers deal with the loss.
+                log.debug("send to {peer} failed: {error}", peer=peer, error=error)
+            return
+        connection = self.connections.get((peer.host, peer.port))
+        if connection is None:
+            connection = self._connect(peer, local)
+        connection.send(data)
+
+    def _connect(self, peer: Peer, local: ListenAddress) -> SIPStreamProtocol:
+        connection = SIPStreamProtocol(self, local)
+        self.connections[(peer.host, peer.port)] = connection
+        factory = protocol.ClientFactory()
+        factory.buildProtocol = lambda addr: connection  # type: ignore[method-assign]
+
+        def failed(_connector: Any, reason: Any) -> None:
+            log.info("cannot connect to {peer}: {reason}", peer=peer,
+                     reason=reason.getErrorMessage())  # fmt: skip
+            if self.connections.get((peer.host, peer.port)) is connection:
+                del self.connections[(peer.host, peer.port)]
+
+        factory.clientConnectionFailed = failed  # type: ignore[method-assign]
+        self.reactor.connectTCP(peer.host, peer.port, factory, timeout=5)
+        return connection

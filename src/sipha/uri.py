@@ -1,0 +1,203 @@
+"""SIP and SIPS URIs (RFC 3261 §19.1) and name-addrs (§20.10, §25.1).
+
+Routing needs a URI's host, port, transport and a few parameters (``lr``,
+``maddr``, ``r2``, ``ftag``); everything else is carried through as text, so a
+URI that sipha does not change is re-serialized exactly as it arrived.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+DEFAULT_PORTS = {"sip": 5060, "sips": 5061}
+
+
+class URIError(ValueError):
+    """A URI or name-addr that cannot be parsed; the message says why."""
+
+
+def _split_params(text: str) -> dict[str, str | None]:
+    """Parse ``;a=1;b`` into an ordered dict; a flag parameter maps to None."""
+    params: dict[str, str | None] = {}
+    for item in text.split(";"):
+        if not item:
+            continue
+        name, eq, value = item.partition("=")
+        params[name.strip().lower()] = value.strip() if eq else None
+    return params
+
+
+def format_params(params: dict[str, str | None]) -> str:
+    """The inverse of :func:`_split_params`: ``;a=1;b``."""
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+
+
+def split_host_port(hostport: str) -> tuple[str, int | None]:
+    """Split ``host[:port]``, ``[v6][:port]``; the host is returned without brackets."""
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end < 0:
+            raise URIError(f"unterminated IPv6 reference in {hostport!r}")
+        host, rest = hostport[1:end], hostport[end + 1 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise URIError(f"bad IPv6 address {host!r}") from None
+        if not rest:
+            return host, None
+        if not rest.startswith(":"):
+            raise URIError(f"junk after IPv6 reference in {hostport!r}")
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = hostport.partition(":")
+        if not colon:
+            port_text = ""
+        if not host or any(c in host for c in " \t<>\"@[]"):
+            raise URIError(f"bad host {host!r}")
+        if not port_text:
+            if colon:
+                raise URIError(f"empty port in {hostport!r}")
+            return host.lower(), None
+        host = host.lower()
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise URIError(f"bad port {port_text!r}")
+    return host, int(port_text)
+
+
+def format_host(host: str) -> str:
+    """Bracket an IPv6 literal for use in a URI or a Via sent-by."""
+    return f"[{host}]" if ":" in host else host
+
+
+def format_host_port(host: str, port: int | None) -> str:
+    return format_host(host) if port is None else f"{format_host(host)}:{port}"
+
+
+@dataclass(slots=True)
+class URI:
+    """A parsed ``sip:``/``sips:`` URI; other schemes are rejected by :func:`parse_uri`."""
+
+    scheme: str
+    user: str | None
+    host: str
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+    headers: str = ""
+
+    @property
+    def transport(self) -> str:
+        """The transport to reach this URI with: ``udp`` unless it says otherwise (§18.1.1)."""
+        value = self.params.get("transport")
+        if value:
+            return value.lower()
+        return "tls" if self.scheme == "sips" else "udp"
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 5061 if self.transport == "tls" else DEFAULT_PORTS[self.scheme]
+
+    @property
+    def loose_router(self) -> bool:
+        return "lr" in self.params
+
+    def __str__(self) -> str:
+        user = f"{self.user}@" if self.user is not None else ""
+        headers = f"?{self.headers}" if self.headers else ""
+        return (
+            f"{self.scheme}:{user}{format_host_port(self.host, self.port)}"
+            f"{format_params(self.params)}{headers}"
+        )
+
+
+def parse_uri(text: str) -> URI:
+    """Parse a SIP or SIPS URI; raise :class:`URIError` naming what is wrong."""
+    scheme, colon, rest = text.strip().partition(":")
+    scheme = scheme.lower()
+    if not colon:
+        raise URIError(f"no scheme in URI {text!r}")
+    if scheme not in DEFAULT_PORTS:
+        raise URIError(f"unsupported URI scheme {scheme!r}")
+    rest, _, headers = rest.partition("?")
+    user: str | None = None
+    at = rest.rfind("@")
+    if at >= 0:
+        user, rest = rest[:at], rest[at + 1 :]
+    hostport, _, params = rest.partition(";")
+    return URI(scheme, user, *split_host_port(hostport), _split_params(params), headers)
+
+
+@dataclass(slots=True)
+class NameAddr:
+    """``"Display" <uri>;params`` or ``uri;params`` (From, To, Route, Contact ...)."""
+
+    display: str
+    uri: str
+    params: dict[str, str | None]
+    bracketed: bool = True
+
+    @property
+    def tag(self) -> str | None:
+        return self.params.get("tag")
+
+    def parsed_uri(self) -> URI:
+        return parse_uri(self.uri)
+
+    def __str__(self) -> str:
+        if not self.bracketed:
+            return f"{self.uri}{format_params(self.params)}"
+        display = f"{self.display} " if self.display else ""
+        return f"{display}<{self.uri}>{format_params(self.params)}"
+
+
+def parse_name_addr(text: str) -> NameAddr:
+    """Parse one name-addr or addr-spec with its header parameters."""
+    text = text.strip()
+    lt = text.find("<")
+    if lt >= 0:
+        gt = text.find(">", lt)
+        if gt < 0:
+            raise URIError(f"unterminated '<' in {text!r}")
+        uri = text[lt + 1 : gt].strip()
+        display, params = text[:lt].strip(), text[gt + 1 :]
+        bracketed = True
+    else:
+        # Without brackets the URI cannot carry parameters: the first ';' starts
+        # the header parameters (§20.10).
+        uri, _, params = text.partition(";")
+        uri, display, bracketed = uri.strip(), "", False
+    if not uri or ":" not in uri:
+        raise URIError(f"no URI in {text!r}")
+    return NameAddr(display, uri, _split_params(params), bracketed)
+
+
+def split_comma_list(value: str) -> list[str]:
+    """Split a comma-separated header value, ignoring commas in quotes and <...>."""
+    if "," not in value:
+        return [value.strip()]
+    items: list[str] = []
+    depth = 0
+    quoted = False
+    start = 0
+    i = 0
+    while i < len(value):
+        c = value[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == "<":
+            depth += 1
+        elif c == ">":
+            depth = max(0, depth - 1)
+        elif c == "," and depth == 0:
+            items.append(value[start:i].strip())
+            start = i + 1
+        i += 1
+    items.append(value[start:].strip())
+    return [item for item in items if item]
