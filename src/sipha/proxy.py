@@ -210,11 +210,15 @@ class ProxyCore:
     # -- forwarding ----------------------------------------------------------------
     def next_hop(self, target: str | None, request: Request) -> tuple[Peer, Any] | None:
         """Peer and local listener for a target URI, or the request's own next hop."""
-        if target is None:
-            routes = request.get_all("route")
-            target = parse_name_addr(routes[0]).uri if routes else request.uri
         try:
-            uri = parse_uri(target)
+            if target is None:
+                # §16.6 step 7: a loose router in the top Route is the next hop;
+                # otherwise the Request-URI is (a strict router sits there).
+                routes = request.get_all("route")
+                top = parse_uri(parse_name_addr(routes[0]).uri) if routes else None
+                uri = top if top is not None and top.loose_router else parse_uri(request.uri)
+            else:
+                uri = parse_uri(target)
         except URIError:
             return None
         host = uri.params.get("maddr") or uri.host

@@ -1,0 +1,654 @@
+"""The sipha configuration file: TOML in, frozen dataclasses out.
+
+Each section is a dataclass whose fields carry their kind (type, range) and
+default, and one validator walks those declarations; adding a key is one line,
+and every error has the same shape, a single line ``dotted.key: problem``, so an
+operator sees at once what to fix. Nothing here imports Twisted: the file can be
+checked (``twistd sipha --check-config``) without starting anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib
+import ipaddress
+import math
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ConfigFileError",
+    "DatabaseConfig",
+    "DispatcherConfig",
+    "DispatcherDestination",
+    "ListenAddress",
+    "LoadBalancerConfig",
+    "LoadBalancerDestination",
+    "LogConfig",
+    "ProxyConfig",
+    "RouteConfig",
+    "TimersConfig",
+    "check_db_url",
+    "check_sip_uri",
+    "load_callable",
+    "load_config",
+    "parse_config",
+    "parse_resources",
+    "resolve_db_url",
+]
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; ``str()`` is one line, ``key: problem``."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        # One line whatever the cause: the message is all an operator sees.
+        self.key = " ".join(key.splitlines())
+        self.problem = " ".join(problem.splitlines())
+        super().__init__(self.key, self.problem)
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.problem}"
+
+
+class ConfigFileError(ConfigError):
+    """The file cannot be read or is not TOML; ``key`` is ``path`` or ``path:line:column``.
+
+    A separate class so that callers which prefix messages with the file name
+    know this one already carries it.
+    """
+
+
+# --------------------------------------------------------------------------
+# Value syntaxes. Each checker raises ValueError(reason); the reason is put
+# after "'<value>' is not <what>: " by the Parsed kind below.
+
+_PORT = re.compile(r"[0-9]{1,5}")
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?\.?")
+
+
+def _port(text: str) -> int:
+    if not _PORT.fullmatch(text):
+        raise ValueError(f"port {text!r} is not a number" if text else "missing port")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError("port out of range")
+    return port
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """One socket to listen on: ``udp:127.0.0.1:5060`` or ``tcp:[::1]:5060``.
+
+    The host is an IP literal (no brackets) because a proxy writes its own
+    address into Via and Record-Route and must bind exactly there.
+    """
+
+    transport: str
+    host: str
+    port: int
+
+    TRANSPORTS = ("udp", "tcp")
+
+    @classmethod
+    def parse(cls, text: str) -> ListenAddress:
+        """Parse ``TRANSPORT:HOST:PORT``; raise ValueError saying what is wrong."""
+        transport, sep, rest = text.partition(":")
+        if not sep:
+            raise ValueError("expected TRANSPORT:HOST:PORT, e.g. udp:127.0.0.1:5060")
+        transport = transport.lower()
+        if transport not in cls.TRANSPORTS:
+            raise ValueError(f"unknown transport {transport!r} (udp or tcp)")
+        if rest.startswith("["):
+            host, sep, port = rest[1:].partition("]")
+            if sep and port and not port.startswith(":"):
+                raise ValueError("expected ':' after ']'")
+            port = port[1:]
+        else:
+            host, sep, port = rest.rpartition(":")
+            if not sep:
+                host, port = rest, ""
+            elif ":" in host:
+                raise ValueError("an IPv6 host goes in brackets, e.g. udp:[::1]:5060")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"host {host!r} is not an IP literal") from None
+        if rest.startswith("[") and ip.version != 6:
+            raise ValueError("brackets are for IPv6 hosts only")
+        return cls(transport, str(ip), _port(port))
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+def check_sip_uri(text: str) -> None:
+    """Raise ValueError unless ``text`` is a ``sip:``/``sips:`` URI with a host.
+
+    The one place that decides what a destination or probe URI may look like.
+    """
+    scheme, sep, rest = text.partition(":")
+    if not sep or scheme.lower() not in ("sip", "sips"):
+        raise ValueError("must start with sip: or sips:")
+    if any(c.isspace() for c in text):
+        raise ValueError("contains whitespace")
+    hostport = rest.partition("?")[0].rpartition("@")[2].partition(";")[0]
+    if hostport.startswith("["):
+        host, bracket, port = hostport[1:].partition("]")
+        if not bracket:
+            raise ValueError("missing ']' after the IPv6 host")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"host [{host}] is not an IPv6 address") from None
+        if port and not port.startswith(":"):
+            raise ValueError("expected ':' after ']'")
+        port = port[1:] if port else None
+    else:
+        host, sep, port = hostport.partition(":")
+        port = port if sep else None
+        if host and not _HOSTNAME.fullmatch(host):
+            raise ValueError(f"host {host!r} is not a host name or address")
+    if not host:
+        raise ValueError("no host part")
+    if port is not None:
+        _port(port)
+
+
+def parse_resources(text: str) -> dict[str, int]:
+    """Parse a load-balancer capacity list such as ``pstn=32;transc=10``.
+
+    Same syntax as OpenSIPS's ``load_balancer.resources`` column (whitespace
+    around names and values ignored), so database rows and config agree.
+    """
+    if not text.strip():
+        raise ValueError("empty")
+    limits: dict[str, int] = {}
+    for item in text.split(";"):
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not name and not sep:
+            raise ValueError("empty entry between ';'")
+        if not name:
+            raise ValueError("missing name before '='")
+        if any(c.isspace() for c in name):
+            raise ValueError(f"name {name!r} contains whitespace")
+        if not sep:
+            raise ValueError(f"{name!r} has no '=' and capacity")
+        if not value.isascii() or not value.isdigit():
+            raise ValueError(f"capacity of {name!r} is not an unsigned integer")
+        if name in limits:
+            raise ValueError(f"{name!r} appears twice")
+        limits[name] = int(value)
+    return limits
+
+
+def _check_resource_name(text: str) -> None:
+    if not text or any(c.isspace() or c in "=;" for c in text):
+        raise ValueError("expected one name without whitespace, '=' or ';'")
+
+
+DB_SCHEMES = ("sqlite", "mysql")
+
+
+def check_db_url(url: str) -> None:
+    """Accept ``sqlite:///PATH`` and ``mysql://USER:PASS@HOST:PORT/DB`` (the scheme only)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError("expected sqlite:///PATH or mysql://USER:PASS@HOST:PORT/DB")
+    if scheme not in DB_SCHEMES:
+        raise ValueError(f"unsupported scheme {scheme!r} (sqlite or mysql)")
+    if scheme == "sqlite" and (not rest.startswith("/") or rest == "/"):
+        raise ValueError("expected sqlite:///PATH (three slashes, then the path)")
+
+
+def resolve_db_url(url: str, base_dir: Path) -> str:
+    """Make a relative SQLite path absolute against ``base_dir``; other URLs unchanged.
+
+    Relative to the config file, not to wherever twistd was started (it may
+    chdir when daemonizing), so the same file always means the same database.
+    """
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return url
+    path = url[len(prefix) :]
+    if path == ":memory:" or path.startswith("/"):
+        return url
+    return prefix + os.path.normpath(base_dir.absolute() / path)
+
+
+_DOTTED = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
+_CALLABLE_REF = re.compile(rf"{_DOTTED}:{_DOTTED}")
+
+
+def _check_callable_ref(text: str) -> None:
+    if not _CALLABLE_REF.fullmatch(text):
+        raise ValueError("expected 'package.module:function'")
+
+
+def load_callable(ref: str) -> Callable[..., Any]:
+    """Import ``module:attr.path`` and return it; raise ValueError saying why not."""
+    _check_callable_ref(ref)
+    module_name, _, attr_path = ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"cannot import {module_name!r}: {e}") from None
+    except Exception as e:
+        raise ValueError(f"importing {module_name!r} failed: {type(e).__name__}: {e}") from None
+    for attr in attr_path.split("."):
+        try:
+            obj = getattr(obj, attr)
+        except AttributeError:
+            raise ValueError(f"{module_name!r} has no attribute {attr_path!r}") from None
+    if not callable(obj):
+        raise ValueError(f"{ref!r} is not callable")
+    return obj
+
+
+# --------------------------------------------------------------------------
+# The schema mechanism: kinds, setting(), and the validator that walks them.
+
+_TOML_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "boolean"),
+    (int, "integer"),
+    (float, "float"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "table"),
+    (datetime.datetime, "datetime"),
+    (datetime.date, "date"),
+    (datetime.time, "time"),
+)
+
+
+def _toml_type(value: Any) -> str:
+    for cls, name in _TOML_TYPES:
+        if isinstance(value, cls):
+            return name
+    return type(value).__name__
+
+
+def _child(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+class Kind:
+    """How one setting is checked and converted; errors name ``key``."""
+
+    what = "a value"
+    types: tuple[type, ...] = (object,)
+
+    def convert(self, value: Any, key: str) -> Any:
+        if (isinstance(value, bool) and bool not in self.types) or not isinstance(
+            value, self.types
+        ):
+            raise ConfigError(key, f"expected {self.what}, got {_toml_type(value)}")
+        return self.check(value, key)
+
+    def check(self, value: Any, key: str) -> Any:
+        return value
+
+
+def _range_problem(value: float, ge: float | None, le: float | None, gt: float | None) -> str:
+    if ge is not None and le is not None:
+        return f"must be between {ge} and {le}, got {value}"
+    if gt is not None:
+        return f"must be > {gt}, got {value}"
+    if ge is not None:
+        return f"must be >= {ge}, got {value}"
+    return f"must be <= {le}, got {value}"
+
+
+@dataclass(frozen=True)
+class Int(Kind):
+    ge: int | None = None
+    le: int | None = None
+    what = "an integer"
+    types = (int,)
+
+    def check(self, value: int, key: str) -> int:
+        if (self.ge is not None and value < self.ge) or (self.le is not None and value > self.le):
+            raise ConfigError(key, _range_problem(value, self.ge, self.le, None))
+        return value
+
+
+@dataclass(frozen=True)
+class Number(Kind):
+    """Seconds and intervals: an integer or a float, always returned as float."""
+
+    ge: float | None = None
+    gt: float | None = None
+    what = "a number"
+    types = (int, float)
+
+    def check(self, value: float, key: str) -> float:
+        if not math.isfinite(value):
+            raise ConfigError(key, f"must be a finite number, got {value}")
+        if (self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt):
+            raise ConfigError(key, _range_problem(value, self.ge, None, self.gt))
+        return float(value)
+
+
+@dataclass(frozen=True)
+class Str(Kind):
+    what = "a string"
+    types = (str,)
+
+
+@dataclass(frozen=True)
+class Choice(Kind):
+    options: tuple[str, ...] = ()
+    what = "a string"
+    types = (str,)
+
+    def check(self, value: str, key: str) -> str:
+        if value not in self.options:
+            allowed = ", ".join(repr(o) for o in self.options)
+            raise ConfigError(key, f"must be one of {allowed}; got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class Parsed(Kind):
+    """A string with a syntax of its own; ``parse`` raises ValueError(reason)."""
+
+    parse: Callable[[str], Any] = str
+    noun: str = "valid"
+    keep_text: bool = True  # store the string as written, or what ``parse`` returned
+    what = "a string"
+    types = (str,)
+
+    def check(self, value: str, key: str) -> Any:
+        try:
+            parsed = self.parse(value)
+        except ValueError as e:
+            raise ConfigError(key, f"{value!r} is not {self.noun}: {e}") from None
+        return value if self.keep_text else parsed
+
+
+@dataclass(frozen=True)
+class List(Kind):
+    """A TOML array; returned as a tuple so the config stays immutable."""
+
+    item: Kind = field(default_factory=Kind)
+    min_len: int = 0
+    unique: bool = False
+    what = "an array"
+    types = (list,)
+
+    def check(self, value: list[Any], key: str) -> tuple[Any, ...]:
+        if len(value) < self.min_len:
+            problem = (
+                "must not be empty"
+                if self.min_len == 1
+                else f"needs at least {self.min_len} entries"
+            )
+            raise ConfigError(key, problem)
+        items = tuple(self.item.convert(v, f"{key}[{i}]") for i, v in enumerate(value))
+        if self.unique:
+            for i, v in enumerate(items):
+                if v in items[:i]:
+                    raise ConfigError(f"{key}[{i}]", f"{str(v)!r} is listed twice")
+        return items
+
+
+@dataclass(frozen=True)
+class Table(Kind):
+    """A TOML table mapped onto a section dataclass."""
+
+    section: type = object
+    what = "a table"
+    types = (dict,)
+
+    def check(self, value: dict[str, Any], key: str) -> Any:
+        return _build(self.section, value, key)
+
+
+_REQUIRED: Any = dataclasses.MISSING
+
+
+def setting(kind: Kind, default: Any = _REQUIRED) -> Any:
+    """Declare a config key: its kind, and a default written as it would be in TOML.
+
+    The default goes through the same kind, so defaults obey the schema too.
+    """
+    if default is _REQUIRED:
+        return field(metadata={"kind": kind})
+    return field(default=kind.convert(default, "<default>"), metadata={"kind": kind})
+
+
+def _build(section: type, raw: dict[str, Any], key: str) -> Any:
+    """Check ``raw`` against ``section``'s declared settings and build it."""
+    declared = {f.name: f for f in dataclasses.fields(section) if "kind" in f.metadata}
+    for name in raw:
+        if name not in declared:
+            raise ConfigError(_child(key, name), "unknown key")
+    values: dict[str, Any] = {}
+    for name, f in declared.items():
+        if name in raw:
+            values[name] = f.metadata["kind"].convert(raw[name], _child(key, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(_child(key, name), "missing")
+    obj = section(**values)
+    # Cross-field rules: a section may define _problems() yielding (key, problem).
+    if problems := getattr(obj, "_problems", None):
+        for name, problem in problems():
+            raise ConfigError(_child(key, name), problem)
+    return obj
+
+
+# --------------------------------------------------------------------------
+# The schema. One field per key; OpenSIPS equivalents are in etc/sipha.toml.
+
+
+def _check_method(text: str) -> None:
+    if not re.fullmatch(r"[A-Z]+", text):
+        raise ValueError("expected upper-case letters, e.g. OPTIONS")
+
+
+_SIP_URI = Parsed(check_sip_uri, "a SIP URI")
+_METHOD = Parsed(_check_method, "a SIP method")
+_REPLY_CODES = List(Int(100, 699), min_len=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyConfig:
+    listen: tuple[ListenAddress, ...] = setting(
+        List(Parsed(ListenAddress.parse, "an address", keep_text=False), min_len=1, unique=True),
+        ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"],
+    )
+    max_forwards: int = setting(Int(1, 256), 10)
+    max_message_size: int = setting(Int(1024, 65535), 65535)
+    udp_receive_buffer: int = setting(Int(ge=65536), 8388608)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimersConfig:
+    """RFC 3261 timers and the transaction timeouts, in seconds."""
+
+    fr_timer: float = setting(Number(gt=0), 2.0)
+    fr_inv_timer: float = setting(Number(gt=0), 30.0)
+    t1: float = setting(Number(gt=0), 0.5)
+    t2: float = setting(Number(gt=0), 4.0)
+    t4: float = setting(Number(gt=0), 5.0)
+
+    def _problems(self) -> Iterator[tuple[str, str]]:
+        if self.t2 < self.t1:
+            yield "t2", f"must be >= t1 ({self.t1}), got {self.t2}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogConfig:
+    level: str = setting(Choice(("debug", "info", "warn", "error")), "info")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseConfig:
+    url: str = setting(Parsed(check_db_url, "a database URL"), "sqlite:///sipha.sqlite")
+    # Not a key: ``url`` with a relative SQLite path made absolute (see resolve_db_url).
+    resolved_url: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.resolved_url:
+            object.__setattr__(self, "resolved_url", self.url)
+
+    @property
+    def scheme(self) -> str:
+        return self.url.partition("://")[0]
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The SQLite file (or ``:memory:``) to open, or None for other databases."""
+        if self.scheme != "sqlite":
+            return None
+        return self.resolved_url[len("sqlite:///") :]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouteConfig:
+    function: str = setting(
+        Parsed(_check_callable_ref, "a route function"), "sipha.routing:reference_route"
+    )
+    lb_group: int = setting(Int(), 1)
+    lb_resource: str = setting(Parsed(_check_resource_name, "a resource name"), "pstn")
+    lb_algorithm: str = setting(Choice(("relative", "absolute")), "relative")
+    ds_set: int = setting(Int(), 1)
+    ds_algorithm: int = setting(Int(0, 13), 0)
+
+    def load_function(self) -> Callable[..., Any]:
+        """Import the route function, so a typo fails at start-up rather than per call."""
+        try:
+            return load_callable(self.function)
+        except ValueError as e:
+            raise ConfigError("route.function", str(e)) from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DispatcherDestination:
+    setid: int = setting(Int())
+    destination: str = setting(_SIP_URI)
+    weight: int = setting(Int(ge=0), 1)
+    priority: int = setting(Int(), 0)
+    state: int = setting(Int(0, 2), 0)
+    attrs: str = setting(Str(), "")
+    description: str = setting(Str(), "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DispatcherConfig:
+    ping_interval: float = setting(Number(ge=0), 5)
+    ping_method: str = setting(_METHOD, "OPTIONS")
+    ping_from: str = setting(_SIP_URI, "sip:dispatcher@localhost")
+    probing_threshold: int = setting(Int(ge=1), 2)
+    probing_mode: int = setting(Int(0, 1), 1)
+    reply_codes: tuple[int, ...] = setting(_REPLY_CODES, [200])
+    destination: tuple[DispatcherDestination, ...] = setting(List(Table(DispatcherDestination)), [])
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadBalancerDestination:
+    group_id: int = setting(Int())
+    dst_uri: str = setting(_SIP_URI)
+    resources: str = setting(Parsed(parse_resources, "a resource list"))
+    probe_mode: int = setting(Int(0, 2), 2)
+    description: str = setting(Str(), "")
+
+    @property
+    def capacity(self) -> dict[str, int]:
+        """``resources`` as a mapping, e.g. ``{"pstn": 32}``."""
+        return parse_resources(self.resources)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadBalancerConfig:
+    probing_interval: float = setting(Number(ge=0), 5)
+    probing_method: str = setting(_METHOD, "OPTIONS")
+    probing_from: str = setting(_SIP_URI, "sip:prober@localhost")
+    probing_threshold: int = setting(Int(ge=1), 2)
+    reply_codes: tuple[int, ...] = setting(_REPLY_CODES, [200])
+    destination: tuple[LoadBalancerDestination, ...] = setting(
+        List(Table(LoadBalancerDestination)), []
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    proxy: ProxyConfig = setting(Table(ProxyConfig), {})
+    timers: TimersConfig = setting(Table(TimersConfig), {})
+    log: LogConfig = setting(Table(LogConfig), {})
+    database: DatabaseConfig = setting(Table(DatabaseConfig), {})
+    route: RouteConfig = setting(Table(RouteConfig), {})
+    dispatcher: DispatcherConfig = setting(Table(DispatcherConfig), {})
+    load_balancer: LoadBalancerConfig = setting(Table(LoadBalancerConfig), {})
+    # Not a key: the file this came from, as given.
+    path: Path | None = None
+
+    def with_db_url(self, url: str) -> Config:
+        """A copy using ``url`` (``--db-url``, like OpenSIPS's db_url) instead of the file's.
+
+        A relative SQLite path here is relative to the working directory, as
+        any path given on a command line.
+        """
+        try:
+            check_db_url(url)
+        except ValueError as e:
+            raise ConfigError("database.url", f"{url!r} is not a database URL: {e}") from None
+        db = DatabaseConfig(url=url, resolved_url=resolve_db_url(url, Path.cwd()))
+        return dataclasses.replace(self, database=db)
+
+
+# --------------------------------------------------------------------------
+# Entry points.
+
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+_TOML_EOF = re.compile(r"\s*\(at end of document\)$")
+
+
+def parse_config(text: str, path: str | os.PathLike[str] | None = None) -> Config:
+    """Validate TOML ``text``; ``path`` names it in errors and anchors relative paths."""
+    where = os.fspath(path) if path is not None else "<config>"
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        message = str(e)
+        if m := _TOML_POSITION.search(message):
+            location = f"{where}:{m[1]}:{m[2]}"
+        elif m := _TOML_EOF.search(message):
+            location = f"{where}:{text.count(chr(10)) + 1}"
+        else:
+            location, m = where, None
+        reason = message[: m.start()] if m else message
+        raise ConfigFileError(location, f"invalid TOML: {reason[:1].lower()}{reason[1:]}") from None
+    config: Config = _build(Config, raw, "")
+    base_dir = Path(where).parent if path is not None else Path.cwd()
+    db = config.database
+    db = dataclasses.replace(db, resolved_url=resolve_db_url(db.url, base_dir))
+    return dataclasses.replace(config, database=db, path=Path(path) if path is not None else None)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the config file at ``path``."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigFileError(os.fspath(path), f"cannot read: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigFileError(f"{os.fspath(path)}:{line}", "invalid TOML: not UTF-8") from None
+    return parse_config(text, path)

@@ -1,0 +1,3 @@
+from twisted.application.service import ServiceMaker
+
+sipha = ServiceMaker("sipha", "sipha.tap", "SIP load-balancing proxy", "sipha")

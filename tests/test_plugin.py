@@ -1,0 +1,110 @@
+"""``twistd sipha`` as a user runs it: the installed console script, in a subprocess.
+
+Needs the project installed (``pip install -e .``) so that twistd finds the
+dropin in src/twisted/plugins/.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "etc" / "sipha.toml"
+TWISTD = Path(sys.executable).with_name("twistd")
+
+
+def twistd(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    if not TWISTD.exists():
+        pytest.fail(f"{TWISTD} not found: install the project with `pip install -e .`")
+    return subprocess.run(
+        [str(TWISTD), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_twistd_lists_sipha(tmp_path: Path) -> None:
+    result = twistd("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^\s+sipha\s+SIP load-balancing proxy$", result.stdout, re.MULTILINE)
+
+
+def test_sipha_help_shows_options(tmp_path: Path) -> None:
+    result = twistd("sipha", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for option in ("--config=", "--db-url=", "--check-config", "/etc/sipha/sipha.toml"):
+        assert option in result.stdout
+
+
+def test_check_config_accepts_the_sample(tmp_path: Path) -> None:
+    result = twistd("sipha", "--config", SAMPLE, "--check-config", cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"config OK: {SAMPLE}\n", "")
+
+
+def test_check_config_takes_a_user_route(tmp_path: Path) -> None:
+    """A route is a plain function in any importable module."""
+    config = tmp_path / "sipha.toml"
+    config.write_text('[route]\nfunction = "json:dumps"\n')
+    result = twistd("sipha", "-c", config, "--check-config", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("[proxy]\nlistne = []\n", "proxy.listne: unknown key"),
+        ('[proxy]\nlisten = ["udp:[::1]:99999"]\n',
+         "proxy.listen[0]: 'udp:[::1]:99999' is not an address: port out of range"),
+        ('[route]\nfunction = "no_such_module_xyz:route"\n',
+         "route.function: cannot import 'no_such_module_xyz': No module named 'no_such_module_xyz'"),
+    ],
+)  # fmt: skip
+def test_bad_config_is_one_line_on_stderr(tmp_path: Path, text: str, error: str) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    result = twistd("-n", "sipha", "--config", bad, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"sipha: {bad}: {error}"]
+    assert result.stdout == ""
+
+
+def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[proxy]\nmax_forwards = = 3\n")
+    result = twistd("-n", "sipha", "--config", bad, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"sipha: {bad}:2:16: invalid TOML: invalid value"]
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    result = twistd("-n", "sipha", "--config", tmp_path / "nope.toml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == f"sipha: {tmp_path / 'nope.toml'}: cannot read: No such file or directory\n"
+
+
+def test_bad_db_url(tmp_path: Path) -> None:
+    result = twistd("sipha", "-c", SAMPLE, "--db-url", "redis://x", "--check-config", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "sipha: --db-url: 'redis://x' is not a database URL: unsupported scheme 'redis' (sqlite or mysql)"
+    ]
+
+
+def test_bad_config_stops_before_daemonizing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[log]\nlevel = 3\n")
+    pidfile, logfile = tmp_path / "twistd.pid", tmp_path / "twistd.log"
+    result = twistd("--pidfile", pidfile, "--logfile", logfile, "sipha", "-c", bad, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"sipha: {bad}: log.level: expected a string, got integer"]
+    assert not pidfile.exists()
+    assert not logfile.exists()
