@@ -496,6 +496,21 @@ def make_response(
     return response
 
 
+def make_request(method: str, uri: str, *, from_uri: str, from_tag: str, to_uri: str,
+                 call_id: str, cseq: int = 1, max_forwards: int = 70) -> Request:  # fmt: skip
+    """A new out-of-dialog request of sipha's own (probes); the Via is added on sending."""
+    request = Request(method, uri, [
+        ("from", "From", f"<{from_uri}>;tag={from_tag}"),
+        ("to", "To", f"<{to_uri}>"),
+        ("call-id", "Call-ID", call_id),
+        ("cseq", "CSeq", f"{cseq} {method}"),
+        ("max-forwards", "Max-Forwards", str(max_forwards)),
+    ])  # fmt: skip
+    request.call_id, request.cseq, request.cseq_method = call_id, cseq, method
+    request.from_tag = from_tag
+    return request
+
+
 class StreamFramer:
     """Cut a TCP/TLS byte stream into SIP messages by Content-Length (§18.3).
 

@@ -19,8 +19,8 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from twisted.logger import Logger
-
+from sipha.dialog import Dialog, Dialogs
+from sipha.logs import Log
 from sipha.message import (
     BRANCH_COOKIE,
     ParseError,
@@ -32,6 +32,7 @@ from sipha.message import (
 from sipha.routing import DROP, Relay, Reply, Route, RouteHelpers
 from sipha.transaction import (
     ClientTransaction,
+    ClientUser,
     Clock,
     Peer,
     Send,
@@ -43,7 +44,7 @@ from sipha.transaction import (
 )
 from sipha.uri import URI, URIError, format_host_port, parse_name_addr, parse_uri
 
-log = Logger(namespace="sipha.proxy")
+log = Log(namespace="sipha.proxy")
 
 _NO_ANSWER = 'SIP;cause=480;text="NO_ANSWER"'
 
@@ -72,7 +73,11 @@ class ProxyCore:
         self.layer = TransactionLayer(clock, send, timers, lambda key: _digest(*key)[:10])
         self.stats: Counter[str] = Counter()
         self.helpers: RouteHelpers = helpers_factory(self)
+        self.dialogs = Dialogs(clock)
         self._local = {(lst.host, lst.port) for lst in self.listeners}
+        # Branches of sipha's own requests: unique per process and start time.
+        self.instance_id = _digest(id(self), clock.seconds())[:8]
+        self._own_requests = 0
 
     # -- what the route helpers ask -----------------------------------------------
     def is_local(self, uri: URI) -> bool:
@@ -167,12 +172,28 @@ class ProxyCore:
                     decision.status, decision.reason, decision.headers)
             return
         assert isinstance(decision, Relay)
+        if request.to_tag is not None:
+            self._track_dialog(request)
         if request.method == "ACK":
             self._forward_ack(request, decision, loop_key)
         elif request.method == "CANCEL":
             self._cancel(request, source, local)
         else:
             self._relay(request, source, local, decision, loop_key)
+
+    def _track_dialog(self, request: Request) -> None:
+        """In-dialog requests move their dialog on: ACK confirms it, BYE ends it.
+
+        As in OpenSIPS, a BYE ends the dialog (and frees its load-balancer
+        unit) when it is seen, not when its 200 comes back.
+        """
+        dialog = self.dialogs.match(request)
+        if dialog is None:
+            return
+        if request.method == "ACK":
+            self.dialogs.acknowledged(dialog)
+        elif request.method == "BYE":
+            self.dialogs.end(dialog, "bye")
 
     def _validate(self, request: Request, loop_key: str) -> Reply | None:
         """§16.3: URI scheme (416), Proxy-Require (420) and loops (482)."""
@@ -227,6 +248,20 @@ class ProxyCore:
             return None
         return Peer(uri.transport, host, uri.effective_port), local
 
+    def send_request(self, request: Request, target: str, user: ClientUser,
+                     timeout: float | None = None) -> ClientTransaction | None:  # fmt: skip
+        """Send a request of sipha's own (a probe, a BYE) to ``target`` statefully."""
+        hop = self.next_hop(target, request)
+        if hop is None:
+            return None
+        peer, local = hop
+        self._own_requests += 1
+        branch = f"{BRANCH_COOKIE}{self.instance_id}.{self._own_requests}"
+        request.insert("Via", self.via_for(local, branch))
+        transaction = ClientTransaction(self.layer, request, peer, local, user, timeout)
+        transaction.start()
+        return transaction
+
     def via_for(self, local: Any, branch: str) -> str:
         return (f"SIP/2.0/{local.transport.upper()} "
                 f"{format_host_port(local.host, local.port)};branch={branch}")  # fmt: skip
@@ -258,8 +293,7 @@ class ProxyCore:
             server.reply(100)
         context = ProxyContext(self, server, decision, loop_key)
         server.user = context
-        if not context.next_branch():
-            server.reply(503, "No Destination Available")
+        context.start()
 
 
 class _IgnoreReplies:
@@ -291,6 +325,14 @@ class ProxyContext:
         self.best: Response | None = None
         self.finished = False
         self.cancelled = False
+        self.dialog: Dialog | None = None
+        if self.request.method == "INVITE" and self.request.to_tag is None:
+            binding = decision.targets if hasattr(decision.targets, "release") else None
+            self.dialog = core.dialogs.create(self.request, binding)  # type: ignore[arg-type]
+
+    def start(self) -> None:
+        if not self.next_branch():
+            self._finish(Reply(503, "No Destination Available"))
 
     def next_branch(self) -> bool:
         """Forward to the next target that can be reached; False when none is left."""
@@ -299,6 +341,8 @@ class ProxyContext:
             if hop is None:
                 log.warn("cannot reach target {target}", target=target or self.request.uri)
                 continue
+            if self.dialog is not None:
+                self.dialog.destination = target
             self._fork(*hop)
             return True
         return False
@@ -338,10 +382,14 @@ class ProxyContext:
             if self.cancelled and branch.is_invite:
                 self._send_cancel(branch)
             if status > 100 and not self.finished:
+                if self.dialog is not None:
+                    self.core.dialogs.provisional(self.dialog, response)
                 self.server.send_response(response)
             return
         if status < 300:
             self.finished = True
+            if self.dialog is not None:
+                self.core.dialogs.answered(self.dialog, response)
             self.server.send_response(response)
             return
         if self.finished:
@@ -390,14 +438,17 @@ class ProxyContext:
         ):
             self.best = response
 
-    def _finish(self) -> None:
-        """Send the one final non-2xx reply upstream."""
+    def _finish(self, local: Reply | None = None) -> None:
+        """Send the one final non-2xx reply upstream; the call's dialog is over."""
         self.finished = True
-        if self.cancelled:
-            self.server.reply(487)
-            return
+        if self.dialog is not None:
+            self.core.dialogs.failed(self.dialog)
         best = self.best
-        if best is None:
+        if local is not None:
+            self.server.reply(local.status, local.reason)
+        elif self.cancelled:
+            self.server.reply(487)
+        elif best is None:
             self.server.reply(408)
         elif best.status == 503:
             # §16.7 step 6: a 503 from downstream means that server is

@@ -6,16 +6,16 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from sipha import __version__
 from sipha.config import Config
+from sipha.logs import Log
 from sipha.proxy import ProxyCore
 from sipha.routing import RoundRobin, RouteHelpers
 from sipha.transaction import TimerSettings
 from sipha.transport import Transports
 
-log = Logger(namespace="sipha.service")
+log = Log(namespace="sipha.service")
 
 
 def build_core(config: Config, reactor: Any, send: Any) -> ProxyCore:

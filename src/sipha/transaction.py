@@ -224,11 +224,12 @@ class ClientTransaction:
     """
 
     __slots__ = ("layer", "key", "request", "data", "peer", "local", "user", "state",
-                 "timers", "started", "provisional", "_interval", "final", "cancel_sent")  # fmt: skip
+                 "timers", "started", "provisional", "_interval", "final", "cancel_sent", "timeout")  # fmt: skip
 
     def __init__(self, layer: TransactionLayer, request: Request, peer: Peer, local: Any,
-                 user: ClientUser):  # fmt: skip
+                 user: ClientUser, timeout: float | None = None):  # fmt: skip
         self.layer = layer
+        self.timeout = timeout if timeout is not None else layer.timers.fr_timer
         self.request = request
         self.key = (request.top_via.branch, request.method)
         self.data = request.serialize()
@@ -252,7 +253,7 @@ class ClientTransaction:
         self.layer.send(self.data, self.peer, self.local)
         if not self.peer.reliable:
             self.timers.set_retransmit(self._interval, self._retransmit)
-        self.timers.set_deadline(self.layer.timers.fr_timer, self._timeout)
+        self.timers.set_deadline(self.timeout, self._timeout)
 
     def _retransmit(self) -> None:
         self.layer.send(self.data, self.peer, self.local)
@@ -288,7 +289,7 @@ class ClientTransaction:
                 if not self.peer.reliable and self.timers.retransmit is not None:
                     self._interval = timers.t2
                 f_left = 64 * timers.t1 - (self.layer.clock.seconds() - self.started)
-                self.timers.set_deadline(max(f_left, timers.fr_timer), self._timeout)
+                self.timers.set_deadline(max(f_left, self.timeout), self._timeout)
             self.user.on_response(self, response)
             return
         if self.is_invite:

@@ -16,13 +16,13 @@ from typing import Any
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IAddress
-from twisted.logger import Logger
 
 from sipha.config import ListenAddress
+from sipha.logs import Log
 from sipha.message import ParseError, StreamFramer
 from sipha.transaction import Peer
 
-log = Logger(namespace="sipha.transport")
+log = Log(namespace="sipha.transport")
 
 # Linux lets a privileged process exceed net.core.rmem_max with this option.
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)

@@ -17,14 +17,20 @@ class URIError(ValueError):
     """A URI or name-addr that cannot be parsed; the message says why."""
 
 
+def _excerpt(text: str) -> str:
+    """Quote at most 32 characters of the input: errors end up in reason phrases."""
+    return repr(text[:32])
+
+
 def _split_params(text: str) -> dict[str, str | None]:
     """Parse ``;a=1;b`` into an ordered dict; a flag parameter maps to None."""
     params: dict[str, str | None] = {}
     for item in text.split(";"):
-        if not item:
-            continue
         name, eq, value = item.partition("=")
-        params[name.strip().lower()] = value.strip() if eq else None
+        name = name.strip().lower()
+        if not name:
+            continue  # SWS around ';' (§25.1), or ';;'
+        params[name] = value.strip() if eq else None
     return params
 
 
@@ -38,30 +44,31 @@ def split_host_port(hostport: str) -> tuple[str, int | None]:
     if hostport.startswith("["):
         end = hostport.find("]")
         if end < 0:
-            raise URIError(f"unterminated IPv6 reference in {hostport!r}")
+            raise URIError(f"unterminated IPv6 reference in {_excerpt(hostport)}")
         host, rest = hostport[1:end], hostport[end + 1 :]
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise URIError(f"bad IPv6 address {host!r}") from None
+            raise URIError(f"bad IPv6 address {_excerpt(host)}") from None
         if not rest:
             return host, None
         if not rest.startswith(":"):
-            raise URIError(f"junk after IPv6 reference in {hostport!r}")
+            raise URIError(f"junk after IPv6 reference in {_excerpt(hostport)}")
         port_text = rest[1:]
     else:
         host, colon, port_text = hostport.partition(":")
         if not colon:
             port_text = ""
         if not host or any(c in host for c in " \t<>\"@[]"):
-            raise URIError(f"bad host {host!r}")
+            raise URIError(f"bad host {_excerpt(host)}")
         if not port_text:
             if colon:
-                raise URIError(f"empty port in {hostport!r}")
+                raise URIError(f"empty port in {_excerpt(hostport)}")
             return host.lower(), None
         host = host.lower()
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise URIError(f"bad port {port_text!r}")
+    # isascii(): str.isdigit() also accepts digits int() rejects ('²') or reads ('٥').
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+        raise URIError(f"bad port {_excerpt(port_text)}")
     return host, int(port_text)
 
 
@@ -117,9 +124,9 @@ def parse_uri(text: str) -> URI:
     scheme, colon, rest = text.strip().partition(":")
     scheme = scheme.lower()
     if not colon:
-        raise URIError(f"no scheme in URI {text!r}")
+        raise URIError(f"no scheme in URI {_excerpt(text)}")
     if scheme not in DEFAULT_PORTS:
-        raise URIError(f"unsupported URI scheme {scheme!r}")
+        raise URIError(f"unsupported URI scheme {_excerpt(scheme)}")
     rest, _, headers = rest.partition("?")
     user: str | None = None
     at = rest.rfind("@")
@@ -155,11 +162,19 @@ class NameAddr:
 def parse_name_addr(text: str) -> NameAddr:
     """Parse one name-addr or addr-spec with its header parameters."""
     text = text.strip()
-    lt = text.find("<")
+    # A quoted display name may hold '<' and '>' (§25.1 quoted-string): skip it.
+    start = 0
+    if text.startswith('"'):
+        start = 1
+        while start < len(text) and text[start] != '"':
+            start += 2 if text[start] == "\\" else 1
+        if start >= len(text):
+            raise URIError(f"unterminated quoted display name in {_excerpt(text)}")
+    lt = text.find("<", start)
     if lt >= 0:
         gt = text.find(">", lt)
         if gt < 0:
-            raise URIError(f"unterminated '<' in {text!r}")
+            raise URIError(f"unterminated '<' in {_excerpt(text)}")
         uri = text[lt + 1 : gt].strip()
         display, params = text[:lt].strip(), text[gt + 1 :]
         bracketed = True
@@ -169,7 +184,7 @@ def parse_name_addr(text: str) -> NameAddr:
         uri, _, params = text.partition(";")
         uri, display, bracketed = uri.strip(), "", False
     if not uri or ":" not in uri:
-        raise URIError(f"no URI in {text!r}")
+        raise URIError(f"no URI in {_excerpt(text)}")
     return NameAddr(display, uri, _split_params(params), bracketed)
 
 

@@ -1,0 +1,1 @@
+../src/sipha/sql/sqlite.sql

@@ -1,0 +1,142 @@
+"""The SQL database through ``twisted.enterprise.adbapi``: MySQL/MariaDB or SQLite.
+
+Both engines run the same statements; what differs (driver, connection
+arguments, placeholder style, DDL) is decided once, from the URL, in
+:class:`Database`. Queries run in the pool's threads and return Deferreds: the
+reactor thread never waits for the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from twisted.enterprise import adbapi
+
+from sipha.logs import Log
+
+log = Log(namespace="sipha.store")
+
+# MySQL client errors after which a connection is dead: server gone away, lost.
+MYSQL_CONNECTION_ERRORS = frozenset((2006, 2013))
+
+
+@dataclass(frozen=True, slots=True)
+class DispatcherRow:
+    """One row of the ``dispatcher`` table, with OpenSIPS's column names."""
+
+    id: int
+    setid: int
+    destination: str
+    state: int = 0
+    weight: int = 1
+    priority: int = 0
+    attrs: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancerRow:
+    """One row of the ``load_balancer`` table, with OpenSIPS's column names."""
+
+    id: int
+    group_id: int
+    dst_uri: str
+    resources: str
+    probe_mode: int = 2
+    description: str = ""
+
+
+def _sqlite_open(connection: Any) -> None:
+    # WAL lets readers (the control tools, sqlite3 by hand) work beside sipha.
+    connection.execute("PRAGMA journal_mode=WAL")
+
+
+class Database:
+    """A connection pool for ``sqlite:///PATH`` or ``mysql://USER:PASS@HOST:PORT/DB``."""
+
+    def __init__(self, url: str, reactor: Any = None):
+        parts = urlsplit(url)
+        self.url = url
+        self.engine = parts.scheme
+        options: dict[str, Any] = {"cp_noisy": False}
+        if reactor is not None:
+            options["cp_reactor"] = reactor
+        if self.engine == "sqlite":
+            path = url[len("sqlite:///") :]
+            # One writer at a time is all SQLite allows; a single thread avoids
+            # "database is locked" and keeps the connection in one thread.
+            self.pool = adbapi.ConnectionPool(
+                "sqlite3", path, check_same_thread=False, cp_min=1, cp_max=1,
+                cp_openfun=_sqlite_open, **options)
+            self.placeholder = "?"
+        elif self.engine == "mysql":
+            self.pool = adbapi.ConnectionPool(
+                "MySQLdb", host=parts.hostname or "localhost", port=parts.port or 3306,
+                user=unquote(parts.username or "root"), password=unquote(parts.password or ""),
+                database=parts.path.lstrip("/"), charset="utf8mb4", connect_timeout=5,
+                read_timeout=10, write_timeout=10, cp_reconnect=True, cp_min=1, cp_max=3,
+                **options)
+            self.placeholder = "%s"
+        else:
+            raise ValueError(f"unsupported database URL {url!r}")
+
+    def __repr__(self) -> str:
+        parts = urlsplit(self.url)
+        where = parts.hostname or parts.path
+        return f"<Database {self.engine} {where}>"
+
+    def sql(self, statement: str) -> str:
+        """Write statements with ``?`` placeholders; MySQLdb wants ``%s``."""
+        return statement if self.placeholder == "?" else statement.replace("?", "%s")
+
+    def schema(self) -> list[str]:
+        """The DDL statements for this engine, from the files shipped with sipha."""
+        text = resources.files("sipha.sql").joinpath(f"{self.engine}.sql").read_text()
+        lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
+        return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+    async def create_schema(self) -> None:
+        """Create missing tables (what ``opensipsdbctl create`` did); existing ones stay."""
+        statements = self.schema()
+
+        def create(cursor: Any) -> None:
+            for statement in statements:
+                cursor.execute(statement)
+
+        await self.pool.runInteraction(create)
+
+    async def dispatcher_rows(self) -> list[DispatcherRow]:
+        rows = await self.pool.runQuery(
+            "SELECT id, setid, destination, state, flags, weight, priority, attrs, description"
+            " FROM dispatcher ORDER BY id")
+        return [
+            DispatcherRow(id=row[0], setid=row[1], destination=row[2], state=row[3] or row[4],
+                          weight=_int(row[5], 1), priority=row[6] or 0, attrs=row[7] or "",
+                          description=row[8] or "")
+            for row in rows
+        ]
+
+    async def load_balancer_rows(self) -> list[LoadBalancerRow]:
+        rows = await self.pool.runQuery(
+            "SELECT id, group_id, dst_uri, resources, probe_mode, description"
+            " FROM load_balancer ORDER BY id")
+        return [
+            LoadBalancerRow(id=row[0], group_id=row[1], dst_uri=row[2], resources=row[3],
+                            probe_mode=row[4] if row[4] is not None else 2,
+                            description=row[5] or "")
+            for row in rows
+        ]
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _int(value: Any, default: int) -> int:
+    """OpenSIPS 2.4+ stores the dispatcher weight as text; an empty one means the default."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default

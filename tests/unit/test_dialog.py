@@ -1,0 +1,109 @@
+"""Dialog states and the release of each call's allocation (OpenSIPS dialog module)."""
+
+from __future__ import annotations
+
+import pytest
+from proxykit import CALLER, UDP_IN, invite, make_proxy, reply
+from twisted.internet.task import Clock
+
+from sipha.dialog import Dialogs, DialogState
+from sipha.message import Request, Response, parse_message
+from sipha.transaction import Peer
+
+
+class Binding:
+    def __init__(self) -> None:
+        self.released = 0
+
+    def release(self) -> None:
+        self.released += 1
+
+
+def parsed(data: bytes) -> Request | Response:
+    return parse_message(data)
+
+
+def new_dialog():
+    clock = Clock()
+    ended: list[str] = []
+    dialogs = Dialogs(clock, default_timeout=100, on_end=lambda d, why: ended.append(why))
+    request = parsed(invite())
+    binding = Binding()
+    dialog = dialogs.create(request, binding)
+    return dialogs, dialog, request, binding, clock, ended
+
+
+def test_answered_call_goes_through_every_state_and_bye_releases_once():
+    dialogs, dialog, request, binding, _, ended = new_dialog()
+    assert dialog.state is DialogState.UNCONFIRMED
+    dialogs.provisional(dialog, parsed(reply(request, 180)))
+    assert dialog.state is DialogState.EARLY
+    dialogs.answered(dialog, parsed(reply(request, 200)))
+    assert dialog.state is DialogState.CONFIRMED_NA
+    assert dialog.to_tag == "uas-1"
+    dialogs.acknowledged(dialog)
+    assert dialog.state is DialogState.CONFIRMED
+    bye_from_callee = parsed(invite(method="BYE", to_tag="from-1", cseq=5).replace(
+        b"tag=from-1\r\nTo", b"tag=uas-1\r\nTo"))  # fmt: skip
+    assert dialogs.match(bye_from_callee) is dialog
+    dialogs.end(dialog, "bye")
+    dialogs.end(dialog, "bye")
+    assert dialog.state is DialogState.DELETED
+    assert binding.released == 1
+    assert ended == ["bye"]
+    assert len(dialogs) == 0
+
+
+@pytest.mark.parametrize("answered", [False, True])
+def test_failure_releases_only_an_unanswered_dialog(answered):
+    dialogs, dialog, request, binding, _, _ = new_dialog()
+    if answered:
+        dialogs.answered(dialog, parsed(reply(request, 200)))
+    dialogs.failed(dialog)
+    assert binding.released == (0 if answered else 1)
+
+
+def test_answered_dialog_times_out_after_default_timeout():
+    dialogs, dialog, request, binding, clock, ended = new_dialog()
+    dialogs.answered(dialog, parsed(reply(request, 200)))
+    clock.advance(99)
+    assert binding.released == 0
+    clock.advance(1)
+    assert binding.released == 1
+    assert ended == ["timeout"]
+
+
+def test_proxy_releases_on_failure_and_on_bye():
+    core, _, wire = make_proxy()
+    binding = Binding()
+
+    class Allocation:
+        def __init__(self) -> None:
+            self.uris = iter(["sip:127.0.0.1:5071"])
+
+        def __iter__(self):
+            return self
+
+        def __next__(self) -> str:
+            return next(self.uris)
+
+        def release(self) -> None:
+            binding.release()
+
+    core.helpers.balancer.candidates = lambda request, group, **options: Allocation()
+    core.receive(invite(), CALLER, UDP_IN)
+    forwarded = wire.take()[1].message
+    core.receive(reply(forwarded, 486), Peer("udp", "127.0.0.1", 5071), UDP_IN)
+    assert binding.released == 1
+    assert len(core.dialogs) == 0
+
+    core.receive(invite(call_id="call-2", branch="z9hG4bK-2"), CALLER, UDP_IN)
+    forwarded = wire.take()[1].message
+    core.receive(reply(forwarded, 200), Peer("udp", "127.0.0.1", 5071), UDP_IN)
+    assert len(core.dialogs) == 1
+    assert binding.released == 1
+    bye = invite(method="BYE", uri="sip:fs@127.0.0.1:5071", call_id="call-2", to_tag="uas-1",
+                 cseq=2, branch="z9hG4bK-3", routes=("<sip:127.0.0.1:5060;lr>",))  # fmt: skip
+    core.receive(bye, CALLER, UDP_IN)
+    assert binding.released == 2
+    assert len(core.dialogs) == 0
