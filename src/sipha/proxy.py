@@ -332,7 +332,7 @@ class ProxyContext:
 
     def start(self) -> None:
         if not self.next_branch():
-            self._finish(Reply(503, "No Destination Available"))
+            self._finish(Reply(503))
 
     def next_branch(self) -> bool:
         """Forward to the next target that can be reached; False when none is left."""

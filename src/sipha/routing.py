@@ -11,15 +11,17 @@ route; a user route has the same signature and is named in the config
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sipha.message import Request
 from sipha.uri import URI, URIError, parse_name_addr, parse_uri
 
 if TYPE_CHECKING:
+    from sipha.balancer import Allocation, LoadBalancer
     from sipha.config import RouteConfig
+    from sipha.dispatcher import Dispatcher
 
 #: Methods sipha's reference route accepts, sent in ``Allow`` with a 405.
 ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, REGISTER"
@@ -71,38 +73,11 @@ class ProxyState(Protocol):
     def has_invite_transaction(self, cancel: Request) -> bool: ...
 
 
-class Destinations(Protocol):
-    """A source of next hops for a group or set (the balancer and dispatcher)."""
-
-    def candidates(self, request: Request, group: int, **options: Any) -> Iterator[str] | None:
-        ...
-
-
-class RoundRobin:
-    """Destinations taken in turn, the rest of the group as failover.
-
-    This is the selection used until the dispatcher and load balancer take over
-    group by group; it keeps one cursor per group.
-    """
-
-    def __init__(self, groups: dict[int, Sequence[str]]):
-        self.groups = {group: list(uris) for group, uris in groups.items() if uris}
-        self._next: dict[int, int] = {}
-
-    def candidates(self, request: Request, group: int, **options: Any) -> Iterator[str] | None:
-        uris = self.groups.get(group)
-        if not uris:
-            return None
-        start = self._next.get(group, 0) % len(uris)
-        self._next[group] = start + 1
-        return iter(uris[start:] + uris[:start])
-
-
 class RouteHelpers:
     """The functions a route calls; each one mirrors an OpenSIPS script function."""
 
     def __init__(self, proxy: ProxyState, settings: RouteConfig, max_forwards: int,
-                 balancer: Destinations, dispatcher: Destinations):  # fmt: skip
+                 balancer: LoadBalancer, dispatcher: Dispatcher):  # fmt: skip
         self.proxy = proxy
         self.settings = settings
         self.default_max_forwards = max_forwards
@@ -167,13 +142,18 @@ class RouteHelpers:
         return self.proxy.has_invite_transaction(request)
 
     def load_balance(self, request: Request, group: int, resource: str,
-                     algorithm: str = "relative") -> Iterator[str] | None:  # fmt: skip
-        """``load_balance(group, resource, algorithm)``: next hops, best first, or None."""
-        return self.balancer.candidates(request, group, resource=resource, algorithm=algorithm)
+                     algorithm: str = "relative") -> Allocation | None:  # fmt: skip
+        """``load_balance(group, resource, algorithm)``: the call's allocation, or None.
+
+        Iterating the allocation gives the least loaded destination, then the
+        next one on failover (``lb_next``); the call's dialog releases it.
+        None means the resource is unknown.
+        """
+        return self.balancer.start(group, resource, algorithm)
 
     def ds_select(self, request: Request, set_id: int, algorithm: int = 0) -> Iterator[str] | None:
         """``ds_select_dst(set, algorithm)``: next hops, first choice first, or None."""
-        return self.dispatcher.candidates(request, set_id, algorithm=algorithm)
+        return self.dispatcher.select(request, set_id, algorithm)
 
     def _is_local(self, uri: str) -> bool:
         try:

@@ -2,53 +2,67 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
 
 from sipha import __version__
+from sipha.balancer import LoadBalancer
 from sipha.config import Config
-from sipha.logs import Log
+from sipha.control import Control
+from sipha.dispatcher import Dispatcher
+from sipha.logs import Log, set_level
+from sipha.probing import Prober
 from sipha.proxy import ProxyCore
-from sipha.routing import RoundRobin, RouteHelpers
+from sipha.routing import RouteHelpers
+from sipha.store import Database
 from sipha.transaction import TimerSettings
 from sipha.transport import Transports
 
 log = Log(namespace="sipha.service")
 
 
-def build_core(config: Config, reactor: Any, send: Any) -> ProxyCore:
-    """The sans-IO proxy for ``config``, wired to ``reactor``'s clock and ``send``."""
+def build_modules(config: Config) -> tuple[Dispatcher, LoadBalancer]:
+    """Dispatcher and load balancer on the config file's lists (the tables come later)."""
+    ds, lb = config.dispatcher, config.load_balancer
+    dispatcher = Dispatcher(ds.destination, probing_threshold=ds.probing_threshold,
+                            probing_mode=ds.probing_mode, reply_codes=ds.reply_codes)  # fmt: skip
+    balancer = LoadBalancer(lb.destination, probing_threshold=lb.probing_threshold,
+                            reply_codes=lb.reply_codes)  # fmt: skip
+    return dispatcher, balancer
+
+
+def build_core(config: Config, clock: Any, send: Any,
+               modules: tuple[Dispatcher, LoadBalancer] | None = None) -> ProxyCore:  # fmt: skip
+    """The sans-IO proxy for ``config``, on ``clock`` and writing through ``send``."""
+    dispatcher, balancer = modules or build_modules(config)
     timers = config.timers
-    balancer = RoundRobin(_groups((d.group_id, d.dst_uri) for d in config.load_balancer.destination))
-    dispatcher = RoundRobin(_groups((d.setid, d.destination) for d in config.dispatcher.destination))
 
     def helpers(core: ProxyCore) -> RouteHelpers:
         return RouteHelpers(core, config.route, config.proxy.max_forwards, balancer, dispatcher)
 
     return ProxyCore(
-        reactor, send, config.proxy.listen, config.route.load_function(),
+        clock, send, config.proxy.listen, config.route.load_function(),
         TimerSettings(timers.t1, timers.t2, timers.t4, timers.fr_timer, timers.fr_inv_timer),
         max_message_size=config.proxy.max_message_size, helpers_factory=helpers,
     )  # fmt: skip
 
 
-def _groups(pairs: Any) -> dict[int, list[str]]:
-    groups: dict[int, list[str]] = {}
-    for group, uri in pairs:
-        groups.setdefault(group, []).append(uri)
-    return groups
-
-
-class SIPService(service.Service):
-    """Owns the sockets and the proxy core; both live only while the service runs."""
+class SIPService(service.MultiService):
+    """Sockets, proxy core, database and probes; all of them live only while it runs."""
 
     def __init__(self, config: Config, reactor: Any = None):
+        super().__init__()
         self.config = config
         self._reactor = reactor
         self.transports: Transports | None = None
         self.core: ProxyCore | None = None
+        self.database: Database | None = None
+        self.control: Control | None = None
+        self.ready: defer.Deferred[None] = defer.Deferred()
 
     @property
     def reactor(self) -> Any:
@@ -59,25 +73,63 @@ class SIPService(service.Service):
         return self._reactor
 
     def startService(self) -> None:  # noqa: N802
-        super().startService()
-        proxy = self.config.proxy
-        self.transports = Transports(self.reactor, proxy.max_message_size)
-        self.core = build_core(self.config, self.reactor, self.transports.send)
+        config = self.config
+        set_level(config.log.level)
+        dispatcher, balancer = build_modules(config)
+        self.transports = Transports(self.reactor, config.proxy.max_message_size)
+        self.core = build_core(config, self.reactor, self.transports.send, (dispatcher, balancer))
         self.transports.core = self.core
-        for listener in proxy.listen:
-            self.transports.listen(listener, proxy.udp_receive_buffer)
+        for listener in config.proxy.listen:
+            self.transports.listen(listener, config.proxy.udp_receive_buffer)
+        self.database = Database(config.database.resolved_url, self.reactor)
+        self.control = Control(config, self.database, dispatcher, balancer, self.core.dialogs)
+        for name, module, settings, interval in (
+            ("dispatcher", dispatcher, config.dispatcher, config.dispatcher.ping_interval),
+            ("load_balancer", balancer, config.load_balancer,
+             config.load_balancer.probing_interval),
+        ):  # fmt: skip
+            if interval > 0:
+                method = getattr(settings, "ping_method", None) or settings.probing_method
+                from_uri = getattr(settings, "ping_from", None) or settings.probing_from
+                prober = Prober(name, self.core, module, interval=interval, method=method,
+                                from_uri=from_uri)  # fmt: skip
+                prober.service(self.reactor).setServiceParent(self)
+        super().startService()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, self._on_sighup)
+        defer.ensureDeferred(self._load_tables()).chainDeferred(self.ready)
         log.info("sipha {version} started with {config}", version=__version__,
-                 config=self.config.path)  # fmt: skip
+                 config=config.path)  # fmt: skip
+
+    async def _load_tables(self) -> None:
+        """Create missing tables, then take the destinations from them if they have rows.
+
+        The proxy routes on the config lists meanwhile; a database that is down
+        is logged and leaves them in place: routing never waits for it.
+        """
+        assert self.database is not None and self.control is not None
+        try:
+            await self.database.create_schema()
+            await self.control.reload()
+        except Exception as error:
+            log.error("database {database}: {error}; routing on the config file's destinations",
+                      database=self.database, error=error)  # fmt: skip
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        """``kill -HUP`` reloads the destination tables, like an MI ``ds_reload``/``lb_reload``."""
+        self.reactor.callFromThread(lambda: defer.ensureDeferred(self._load_tables()))
 
     def stopService(self) -> defer.Deferred[None]:  # noqa: N802
-        super().stopService()
-        if self.transports is None:
-            return defer.succeed(None)
-        return defer.ensureDeferred(self.transports.stop())
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        await super().stopService()
+        if self.transports is not None:
+            await self.transports.stop()
+        if self.database is not None:
+            self.database.close()
 
 
 def make_service(config: Config) -> service.IService:
-    """The whole of sipha for ``config``, as a :class:`MultiService`."""
-    top = service.MultiService()
-    SIPService(config).setServiceParent(top)
-    return top
+    """The whole of sipha for ``config``."""
+    return SIPService(config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -66,6 +67,8 @@ class Database:
             options["cp_reactor"] = reactor
         if self.engine == "sqlite":
             path = url[len("sqlite:///") :]
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
             # One writer at a time is all SQLite allows; a single thread avoids
             # "database is locked" and keeps the connection in one thread.
             self.pool = adbapi.ConnectionPool(

@@ -73,37 +73,40 @@ def test_answered_dialog_times_out_after_default_timeout():
     assert ended == ["timeout"]
 
 
-def test_proxy_releases_on_failure_and_on_bye():
+def test_proxy_releases_the_load_balancer_unit_on_failure_and_on_bye():
     core, _, wire = make_proxy()
-    binding = Binding()
-
-    class Allocation:
-        def __init__(self) -> None:
-            self.uris = iter(["sip:127.0.0.1:5071"])
-
-        def __iter__(self):
-            return self
-
-        def __next__(self) -> str:
-            return next(self.uris)
-
-        def release(self) -> None:
-            binding.release()
-
-    core.helpers.balancer.candidates = lambda request, group, **options: Allocation()
+    balancer = core.helpers.balancer
+    fs1 = Peer("udp", "127.0.0.1", 5071)
     core.receive(invite(), CALLER, UDP_IN)
     forwarded = wire.take()[1].message
-    core.receive(reply(forwarded, 486), Peer("udp", "127.0.0.1", 5071), UDP_IN)
-    assert binding.released == 1
+    assert balancer.load("sip:127.0.0.1:5071") == {"pstn": 1}
+    core.receive(reply(forwarded, 486), fs1, UDP_IN)
+    assert balancer.load("sip:127.0.0.1:5071") == {"pstn": 0}
     assert len(core.dialogs) == 0
 
     core.receive(invite(call_id="call-2", branch="z9hG4bK-2"), CALLER, UDP_IN)
     forwarded = wire.take()[1].message
-    core.receive(reply(forwarded, 200), Peer("udp", "127.0.0.1", 5071), UDP_IN)
+    core.receive(reply(forwarded, 200), fs1, UDP_IN)
     assert len(core.dialogs) == 1
-    assert binding.released == 1
+    assert balancer.load("sip:127.0.0.1:5071") == {"pstn": 1}
     bye = invite(method="BYE", uri="sip:fs@127.0.0.1:5071", call_id="call-2", to_tag="uas-1",
                  cseq=2, branch="z9hG4bK-3", routes=("<sip:127.0.0.1:5060;lr>",))  # fmt: skip
     core.receive(bye, CALLER, UDP_IN)
-    assert binding.released == 2
+    assert balancer.load("sip:127.0.0.1:5071") == {"pstn": 0}
     assert len(core.dialogs) == 0
+
+
+def test_proxy_moves_the_unit_on_failover_and_releases_after_cancel():
+    core, _, wire = make_proxy()
+    balancer = core.helpers.balancer
+    core.receive(invite(), CALLER, UDP_IN)
+    forwarded = wire.take()[1].message
+    core.receive(reply(forwarded, 503), Peer("udp", "127.0.0.1", 5071), UDP_IN)
+    retry = wire.take()[1].message
+    assert balancer.load("sip:127.0.0.1:5071") == {"pstn": 0}
+    assert balancer.load("sip:127.0.0.1:5072") == {"pstn": 1}
+    core.receive(reply(retry, 180), Peer("udp", "127.0.0.1", 5072), UDP_IN)
+    core.receive(invite(method="CANCEL"), CALLER, UDP_IN)
+    assert balancer.load("sip:127.0.0.1:5072") == {"pstn": 1}  # until the INVITE is over
+    core.receive(reply(retry, 487), Peer("udp", "127.0.0.1", 5072), UDP_IN)
+    assert balancer.load("sip:127.0.0.1:5072") == {"pstn": 0}
