@@ -53,6 +53,8 @@ def _is_ip(host: str) -> bool:
 
 
 class SIPDatagramProtocol(protocol.DatagramProtocol):
+    noisy = False  # sipha logs its own "listening on" line
+
     def __init__(self, core: Any, listener: ListenAddress):
         self.core = core
         self.listener = listener
@@ -107,6 +109,8 @@ class SIPStreamProtocol(protocol.Protocol):
 
 
 class SIPStreamFactory(protocol.Factory):
+    noisy = False
+
     def __init__(self, transports: Transports, listener: ListenAddress):
         self.transports = transports
         self.listener = listener
@@ -179,6 +183,7 @@ class Transports:
         connection = SIPStreamProtocol(self, local)
         self.connections[(peer.host, peer.port)] = connection
         factory = protocol.ClientFactory()
+        factory.noisy = False
         factory.buildProtocol = lambda addr: connection  # type: ignore[method-assign]
 
         def failed(_connector: Any, reason: Any) -> None:
