@@ -12,6 +12,7 @@ partly parsed request (when there is one) so the caller can still answer
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -135,7 +136,7 @@ def parse_via(text: str) -> Via:
         raise ParseError(f"Bad Via sent-by: {exc}") from None
     values = _split_params(params)
     rport = values.get("rport")
-    if rport is not None and not (rport.isdigit() and 0 < int(rport) < 65536):
+    if rport is not None and not (_is_number(rport) and 0 < int(rport) < 65536):
         raise ParseError("Bad Via rport")
     return Via(parts[2].upper(), host, port, values)
 
@@ -195,7 +196,8 @@ class Message:
             first = self.get("via")
             if first is None:
                 raise ParseError("Missing Via")
-            self._via = parse_via(split_comma_list(first)[0])
+            values = split_comma_list(first)  # [] for "Via: ,"
+            self._via = parse_via(values[0] if values else "")
         return self._via
 
     # -- changes ----------------------------------------------------------------
@@ -315,20 +317,35 @@ def _is_token(text: str) -> bool:
     return bool(text) and all(c in _TOKEN_CHARS for c in text)
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes superscripts (int() fails) and other scripts' digits."""
+    return text.isascii() and text.isdigit()
+
+
+#: The first empty line, whatever mix of CRLF and bare LF ends the lines around it.
+_EMPTY_LINE = re.compile(rb"\r?\n\r?\n")
+
+
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
-    """Split at the empty line; bare LF line ends are tolerated (§7.5 robustness)."""
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if sep:
-        return head, body
-    head, sep, body = data.partition(b"\n\n")
-    if sep:
-        return head, body
+    """Split at the empty line; bare LF line ends are tolerated (§7.5 robustness).
+
+    The first empty line ends the head, so a CRLFCRLF inside the body of a
+    bare-LF message is not mistaken for it.
+    """
+    end = _EMPTY_LINE.search(data)
+    if end:
+        return data[: end.start()], data[end.end() :]
     return data.rstrip(b"\r\n"), b""
 
 
 def _header_lines(text: str) -> Iterator[str]:
-    """Logical header lines: continuation lines (leading SP/HT) are unfolded (§7.3.1)."""
-    lines = text.split("\r\n") if "\r\n" in text else text.split("\n")
+    """Logical header lines: continuation lines (leading SP/HT) are unfolded (§7.3.1).
+
+    Every LF ends a line, with or without its CR, as for the start line: a bare
+    LF left inside a value would hide the header after it from sipha but not
+    from the next hop.
+    """
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
     current: str | None = None
     for line in lines[1:]:
         if line[:1] in (" ", "\t"):
@@ -384,7 +401,7 @@ def parse_message(
     if first.startswith(SIP_VERSION + " "):
         parts = first.split(" ", 2)
         code = parts[1]
-        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+        if len(code) != 3 or not _is_number(code) or not 100 <= int(code) <= 699:
             raise ParseError(f"Bad status code {code[:16]!r}")
         message = Response(int(code), parts[2] if len(parts) > 2 else "", [])
     else:
@@ -416,7 +433,7 @@ def _body(message: Message, body: bytes, stream: bool) -> bytes:
     if len(set(lengths)) > 1:
         raise ParseError("Conflicting Content-Length")
     length = lengths[0]
-    if not length.isdigit():
+    if not _is_number(length):
         raise ParseError("Bad Content-Length")
     size = int(length)
     if size > len(body):
@@ -435,7 +452,7 @@ def _read_core_fields(message: Message) -> None:
         raise ParseError("Missing CSeq")
     number, _, method = cseq.partition(" ")
     method = method.strip()
-    if not number.isdigit() or len(number) > 10 or not _is_token(method):
+    if not _is_number(number) or len(number) > 10 or not _is_token(method):
         raise ParseError("Bad CSeq")
     message.cseq, message.cseq_method = int(number), method
     if isinstance(message, Request) and method != message.method:
@@ -482,7 +499,9 @@ def make_response(
     ``to_tag`` should be the same for every reply of one transaction.
     """
     headers = [h for h in request.headers if h[0] in _REPLY_COPIED]
-    if status > 100 and request.to_tag is None and to_tag:
+    # A request that failed to parse has not read its To tag: look in the header.
+    had_tag = request.to_tag or _existing_tag(request.get("to"))
+    if status > 100 and had_tag is None and to_tag:
         headers = [
             (k, n, f"{v};tag={to_tag}") if k == "to" else (k, n, v) for k, n, v in headers
         ]
@@ -492,8 +511,15 @@ def make_response(
     response.call_id, response.cseq = request.call_id, request.cseq
     response.cseq_method = request.cseq_method
     response.from_tag = request.from_tag
-    response.to_tag = request.to_tag or (to_tag if status > 100 else None)
+    response.to_tag = had_tag or (to_tag if status > 100 else None)
     return response
+
+
+def _existing_tag(value: str | None) -> str | None:
+    try:
+        return parse_name_addr(value).tag if value is not None else None
+    except URIError:
+        return None
 
 
 def make_request(method: str, uri: str, *, from_uri: str, from_tag: str, to_uri: str,

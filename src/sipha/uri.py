@@ -66,7 +66,8 @@ def split_host_port(hostport: str) -> tuple[str, int | None]:
                 raise URIError(f"empty port in {_excerpt(hostport)}")
             return host.lower(), None
         host = host.lower()
-    # isascii(): str.isdigit() also accepts digits int() rejects ('²') or reads ('٥').
+    # isascii(): str.isdigit() also takes superscripts, which int() rejects, and
+    # other scripts' digits, which int() reads.
     if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise URIError(f"bad port {_excerpt(port_text)}")
     return host, int(port_text)
