@@ -1,21 +1,36 @@
 """Dialogs of the calls sipha relays, with OpenSIPS's states (dialog module).
 
 Theory of operation: the proxy core reports each step of a call (INVITE
-relayed, provisional, 2xx, ACK, failure, BYE) and :class:`Dialogs` moves the
-dialog through UNCONFIRMED -> EARLY -> CONFIRMED_NA -> CONFIRMED -> DELETED.
-A dialog holds the load-balancer allocation of its call; every path to
-DELETED (failed or cancelled INVITE, BYE, timeout) releases it exactly once,
-so load counters cannot leak. The clock is injected; nothing here does I/O.
+relayed, provisional, 2xx, ACK, in-dialog request, failure, BYE) and
+:class:`Dialogs` moves the dialog through UNCONFIRMED -> EARLY ->
+CONFIRMED_NA -> CONFIRMED -> DELETED. A dialog holds the load-balancer
+allocation of its call; every path to DELETED (failed or cancelled INVITE,
+BYE, timeout) releases it exactly once, so load counters cannot leak.
+
+Each dialog has an id, ``(h_entry, h_id)`` as in OpenSIPS, carried in sipha's
+Record-Route as ``did=<entry>.<id>`` (both in reversed hex), so in-dialog
+requests find it even when a UA changes its tags; Call-ID and tags are the
+fallback. A dialog also keeps what another node needs to take the call over
+(route sets, contacts, CSeqs, the load-balancer binding): a
+:class:`DialogObserver` (the dialog store) hears of every change worth
+persisting.
+
+The clock is injected; nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+import random
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sipha.message import Request, Response
+from sipha.uri import URIError, parse_name_addr, parse_uri
+
+HASH_SIZE = 4096
 
 
 class DialogState(enum.IntEnum):
@@ -32,73 +47,206 @@ class Releasable(Protocol):
     def release(self) -> None: ...
 
 
+class DialogObserver(Protocol):
+    """Told of each change to persist: a dialog answered or updated, or deleted."""
+
+    def changed(self, dialog: Dialog) -> None: ...
+    def deleted(self, dialog: Dialog) -> None: ...
+
+
+def revhex(value: int) -> str:
+    """OpenSIPS's ``did`` encoding: lower-case hex, least significant digit first."""
+    return format(value, "x")[::-1]
+
+
+def parse_did(text: str) -> tuple[int, int] | None:
+    entry, _, ident = text.partition(".")
+    try:
+        return int(entry[::-1], 16), int(ident[::-1], 16)
+    except ValueError:
+        return None
+
+
 @dataclass(eq=False, slots=True)
 class Dialog:
+    h_entry: int
+    h_id: int
     call_id: str
+    from_uri: str
     from_tag: str
+    to_uri: str
     to_tag: str | None = None
-    destination: str | None = None
-    binding: Releasable | None = None
+    caller_cseq: int = 0
+    callee_cseq: int = 0
+    caller_contact: str = ""
+    callee_contact: str = ""
+    caller_route_set: list[str] = field(default_factory=list)
+    callee_route_set: list[str] = field(default_factory=list)
+    caller_sock: str = ""
+    callee_sock: str = ""
     state: DialogState = DialogState.UNCONFIRMED
     start_time: float = 0.0
     timeout_at: float = 0.0
+    destination: str | None = None
+    lb_group: int | None = None
+    lb_resources: tuple[str, ...] = ()
+    binding: Releasable | None = field(default=None, repr=False)
     timer: Any = field(default=None, repr=False)
+
+    @property
+    def did(self) -> str:
+        return f"{revhex(self.h_entry)}.{revhex(self.h_id)}"
+
+    def from_caller(self, request: Request) -> bool:
+        """Is this in-dialog request going downstream (caller to callee)?"""
+        return request.from_tag == self.from_tag
+
+
+def _contact_uri(message: Request | Response) -> str:
+    value = message.get("contact")
+    if not value:
+        return ""
+    try:
+        return parse_name_addr(value.split(",")[0]).uri
+    except URIError:
+        return ""
 
 
 class Dialogs:
-    """Every live dialog, found by Call-ID and tags in either direction.
+    """Every live dialog, found by ``did`` or by Call-ID and tags in either direction.
 
+    ``is_local(uri)`` tells sipha's own Record-Route entries apart, to split a
+    2xx's Record-Route into the callee's and the caller's route sets.
     ``on_end(dialog, reason)`` is called once per dialog as it is deleted
-    (reason: ``failed``, ``bye``, ``timeout``), after its allocation is
-    released.
+    (reason: ``failed``, ``bye``, ``timeout``, ``ended``), after its allocation
+    is released.
     """
 
-    def __init__(self, clock: Any, default_timeout: float = 43200.0,
-                 on_end: Callable[[Dialog, str], None] | None = None):  # fmt: skip
+    def __init__(self, clock: Any, default_timeout: float = 43200.0, *,
+                 is_local: Callable[[str], bool] = lambda uri: False,
+                 observer: DialogObserver | None = None,
+                 on_end: Callable[[Dialog, str], None] | None = None,
+                 rng: random.Random | None = None):  # fmt: skip
         self.clock = clock
         self.default_timeout = default_timeout
+        self.is_local = is_local
+        self.observer = observer
         self.on_end = on_end
+        self._rng = rng or random.Random()
+        self._next_id: dict[int, int] = {}
+        self._by_id: dict[tuple[int, int], Dialog] = {}
         self._by_key: dict[tuple[str, str], Dialog] = {}
 
     def __len__(self) -> int:
-        return len(self._by_key)
+        return len(self._by_id)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(list(self._by_key.values()))
+    def __iter__(self) -> Iterator[Dialog]:
+        return iter(list(self._by_id.values()))
 
-    def create(self, invite: Request, binding: Releasable | None = None) -> Dialog | None:
+    def _new_id(self, call_id: str) -> tuple[int, int]:
+        entry = zlib.crc32(call_id.encode("utf-8", "surrogateescape")) & (HASH_SIZE - 1)
+        # A random start per entry keeps two nodes (or two runs) from handing
+        # out the same ids for different calls into a shared table.
+        ident = self._next_id.get(entry)
+        if ident is None:
+            ident = self._rng.randrange(1 << 24)
+        while (entry, ident) in self._by_id:
+            ident += 1
+        self._next_id[entry] = ident + 1
+        return entry, ident
+
+    def _add(self, dialog: Dialog) -> None:
+        self._by_id[(dialog.h_entry, dialog.h_id)] = dialog
+        self._by_key[(dialog.call_id, dialog.from_tag)] = dialog
+
+    def create(self, invite: Request, caller_sock: str = "",
+               binding: Releasable | None = None) -> Dialog | None:  # fmt: skip
         """A relayed initial INVITE; none without a From tag (it could never be matched)."""
         if not invite.from_tag:
             return None
-        dialog = Dialog(invite.call_id, invite.from_tag, binding=binding)
-        self._by_key[(dialog.call_id, dialog.from_tag)] = dialog
+        entry, ident = self._new_id(invite.call_id)
+        dialog = Dialog(
+            entry, ident, invite.call_id,
+            from_uri=parse_name_addr(invite.get("from") or "").uri, from_tag=invite.from_tag,
+            to_uri=parse_name_addr(invite.get("to") or "").uri, caller_cseq=invite.cseq,
+            caller_contact=_contact_uri(invite), caller_sock=caller_sock, binding=binding,
+        )  # fmt: skip
+        self._add(dialog)
         return dialog
 
     def provisional(self, dialog: Dialog, response: Response) -> None:
         if dialog.state is DialogState.UNCONFIRMED and response.to_tag:
             dialog.state = DialogState.EARLY
 
-    def answered(self, dialog: Dialog, response: Response) -> None:
-        """A 2xx: the call is up; the lifetime (``default_timeout``) starts now."""
+    def answered(self, dialog: Dialog, response: Response, callee_sock: str = "") -> None:
+        """A 2xx: the call is up; its lifetime (``default_timeout``) starts now."""
         if dialog.state >= DialogState.CONFIRMED_NA:
             return
         dialog.state = DialogState.CONFIRMED_NA
         dialog.to_tag = response.to_tag
+        dialog.callee_contact = _contact_uri(response)
+        dialog.callee_sock = callee_sock
+        dialog.callee_route_set, dialog.caller_route_set = self._route_sets(response)
         dialog.start_time = self.clock.seconds()
-        dialog.timeout_at = dialog.start_time + self.default_timeout
-        dialog.timer = self.clock.callLater(self.default_timeout, self.end, dialog, "timeout")
+        self._arm(dialog, dialog.start_time + self.default_timeout)
+        if self.observer is not None:
+            self.observer.changed(dialog)
 
-    def acknowledged(self, dialog: Dialog) -> None:
-        if dialog.state is DialogState.CONFIRMED_NA:
-            dialog.state = DialogState.CONFIRMED
+    def _route_sets(self, response: Response) -> tuple[list[str], list[str]]:
+        """Split a 2xx's Record-Route at sipha's own entries (§12.1.1, §12.1.2).
+
+        Entries above ours lead to the callee (its route set, in order);
+        entries below ours lead to the caller (its route set, reversed).
+        """
+        entries = response.get_all("record-route")
+        own = [i for i, entry in enumerate(entries) if self._local_entry(entry)]
+        if not own:
+            return entries, []
+        return entries[: own[0]], list(reversed(entries[own[-1] + 1 :]))
+
+    def _local_entry(self, entry: str) -> bool:
+        try:
+            return self.is_local(parse_name_addr(entry).uri)
+        except URIError:
+            return False
+
+    def _arm(self, dialog: Dialog, deadline: float) -> None:
+        dialog.timeout_at = deadline
+        delay = max(0.0, deadline - self.clock.seconds())
+        dialog.timer = self.clock.callLater(delay, self.end, dialog, "timeout")
+
+    def in_dialog(self, dialog: Dialog, request: Request) -> None:
+        """An in-dialog request: ACK confirms, BYE ends, the rest update the CSeqs."""
+        if request.method == "ACK":
+            if dialog.state is DialogState.CONFIRMED_NA:
+                dialog.state = DialogState.CONFIRMED
+                if self.observer is not None:
+                    self.observer.changed(dialog)
+            return
+        if request.method == "BYE":
+            # As in OpenSIPS, the dialog (and its unit) ends when the BYE is
+            # seen, not when its 200 comes back.
+            self.end(dialog, "bye")
+            return
+        if dialog.from_caller(request):
+            dialog.caller_cseq = max(dialog.caller_cseq, request.cseq)
+        else:
+            dialog.callee_cseq = max(dialog.callee_cseq, request.cseq)
+        if self.observer is not None and dialog.state >= DialogState.CONFIRMED_NA:
+            self.observer.changed(dialog)
 
     def failed(self, dialog: Dialog) -> None:
         """The INVITE failed or was cancelled: the early dialog goes, and its unit."""
         if dialog.state < DialogState.CONFIRMED_NA:
             self.end(dialog, "failed")
 
-    def match(self, request: Request) -> Dialog | None:
-        """The dialog of an in-dialog request, from the caller or from the callee."""
+    def match(self, request: Request, did: str | None = None) -> Dialog | None:
+        """The dialog of an in-dialog request: by ``did``, else by Call-ID and tags."""
+        if did is not None:
+            ident = parse_did(did)
+            dialog = self._by_id.get(ident) if ident else None
+            if dialog is not None and dialog.call_id == request.call_id:
+                return dialog
         dialog = self._by_key.get((request.call_id, request.from_tag or ""))
         if dialog is None and request.to_tag:
             dialog = self._by_key.get((request.call_id, request.to_tag))
@@ -107,12 +255,36 @@ class Dialogs:
     def end(self, dialog: Dialog, reason: str) -> None:
         if dialog.state is DialogState.DELETED:
             return
+        answered = dialog.state >= DialogState.CONFIRMED_NA
         dialog.state = DialogState.DELETED
         if dialog.timer is not None and dialog.timer.active():
             dialog.timer.cancel()
         dialog.timer = None
-        self._by_key.pop((dialog.call_id, dialog.from_tag), None)
+        self._by_id.pop((dialog.h_entry, dialog.h_id), None)
+        if self._by_key.get((dialog.call_id, dialog.from_tag)) is dialog:
+            del self._by_key[(dialog.call_id, dialog.from_tag)]
         if dialog.binding is not None:
             dialog.binding.release()
+        if answered and self.observer is not None:
+            self.observer.deleted(dialog)
         if self.on_end is not None:
             self.on_end(dialog, reason)
+
+    def restore(self, dialog: Dialog) -> None:
+        """A confirmed dialog read back from the store (start-up, takeover).
+
+        Its remaining lifetime runs from its stored ``timeout_at``; one already
+        past expires at the next clock tick. The caller re-binds its
+        load-balancer allocation first.
+        """
+        if (dialog.h_entry, dialog.h_id) in self._by_id:
+            return
+        self._add(dialog)
+        self._next_id[dialog.h_entry] = max(self._next_id.get(dialog.h_entry, 0), dialog.h_id + 1)
+        self._arm(dialog, dialog.timeout_at)
+
+
+def uri_host_port(uri: str) -> str:
+    """``udp:host:port``-style socket text for a URI (what ``*_sock`` columns hold)."""
+    parsed = parse_uri(uri)
+    return f"{parsed.transport}:{parsed.host}:{parsed.effective_port}"

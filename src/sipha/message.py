@@ -523,17 +523,21 @@ def _existing_tag(value: str | None) -> str | None:
 
 
 def make_request(method: str, uri: str, *, from_uri: str, from_tag: str, to_uri: str,
-                 call_id: str, cseq: int = 1, max_forwards: int = 70) -> Request:  # fmt: skip
-    """A new out-of-dialog request of sipha's own (probes); the Via is added on sending."""
-    request = Request(method, uri, [
+                 call_id: str, cseq: int = 1, to_tag: str | None = None,
+                 routes: Iterable[str] = (), max_forwards: int = 70) -> Request:  # fmt: skip
+    """A request of sipha's own (probes, BYEs of expired dialogs); the Via is added on sending."""
+    to = f"<{to_uri}>;tag={to_tag}" if to_tag else f"<{to_uri}>"
+    headers = [
         ("from", "From", f"<{from_uri}>;tag={from_tag}"),
-        ("to", "To", f"<{to_uri}>"),
+        ("to", "To", to),
         ("call-id", "Call-ID", call_id),
         ("cseq", "CSeq", f"{cseq} {method}"),
         ("max-forwards", "Max-Forwards", str(max_forwards)),
-    ])  # fmt: skip
+    ]
+    headers.extend(("route", "Route", route) for route in routes)
+    request = Request(method, uri, headers)
     request.call_id, request.cseq, request.cseq_method = call_id, cseq, method
-    request.from_tag = from_tag
+    request.from_tag, request.to_tag = from_tag, to_tag
     return request
 
 

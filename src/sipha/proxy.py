@@ -26,6 +26,7 @@ from sipha.message import (
     ParseError,
     Request,
     Response,
+    make_request,
     make_response,
     parse_message,
 )
@@ -42,7 +43,14 @@ from sipha.transaction import (
     TransactionLayer,
     build_cancel,
 )
-from sipha.uri import URI, URIError, format_host_port, parse_name_addr, parse_uri
+from sipha.uri import (
+    URI,
+    URIError,
+    format_host_port,
+    parse_name_addr,
+    parse_uri,
+    split_comma_list,
+)
 
 log = Log(namespace="sipha.proxy")
 
@@ -73,7 +81,7 @@ class ProxyCore:
         self.layer = TransactionLayer(clock, send, timers, lambda key: _digest(*key)[:10])
         self.stats: Counter[str] = Counter()
         self.helpers: RouteHelpers = helpers_factory(self)
-        self.dialogs = Dialogs(clock)
+        self.dialogs = Dialogs(clock, is_local=self._is_local_text, on_end=self._dialog_ended)
         self._local = {(lst.host, lst.port) for lst in self.listeners}
         # Branches of sipha's own requests: unique per process and start time.
         self.instance_id = _digest(id(self), clock.seconds())[:8]
@@ -82,6 +90,12 @@ class ProxyCore:
     # -- what the route helpers ask -----------------------------------------------
     def is_local(self, uri: URI) -> bool:
         return (uri.host, uri.effective_port) in self._local
+
+    def _is_local_text(self, uri: str) -> bool:
+        try:
+            return self.is_local(parse_uri(uri))
+        except URIError:
+            return False
 
     def has_invite_transaction(self, cancel: Request) -> bool:
         return self.layer.find_server(cancel, "INVITE") is not None
@@ -160,6 +174,7 @@ class ProxyCore:
             if server is not None:
                 server.receive_retransmission()
                 return
+        did = _route_did(request) if request.to_tag is not None else None
         loop_key = self._loop_key(request)
         rejection = self._validate(request, loop_key)
         decision = rejection or self.route(request, self.helpers)
@@ -173,7 +188,9 @@ class ProxyCore:
             return
         assert isinstance(decision, Relay)
         if request.to_tag is not None:
-            self._track_dialog(request)
+            dialog = self.dialogs.match(request, did)
+            if dialog is not None:
+                self.dialogs.in_dialog(dialog, request)
         if request.method == "ACK":
             self._forward_ack(request, decision, loop_key)
         elif request.method == "CANCEL":
@@ -181,19 +198,13 @@ class ProxyCore:
         else:
             self._relay(request, source, local, decision, loop_key)
 
-    def _track_dialog(self, request: Request) -> None:
-        """In-dialog requests move their dialog on: ACK confirms it, BYE ends it.
-
-        As in OpenSIPS, a BYE ends the dialog (and frees its load-balancer
-        unit) when it is seen, not when its 200 comes back.
-        """
-        dialog = self.dialogs.match(request)
-        if dialog is None:
+    def _dialog_ended(self, dialog: Dialog, reason: str) -> None:
+        """A call that outlived ``default_timeout`` is hung up: BYE to both ends."""
+        if reason != "timeout":
             return
-        if request.method == "ACK":
-            self.dialogs.acknowledged(dialog)
-        elif request.method == "BYE":
-            self.dialogs.end(dialog, "bye")
+        log.info("dialog {call_id} timed out: sending BYE both ways", call_id=dialog.call_id)
+        for request in dialog_byes(dialog):
+            self.send_request(request, None, _IGNORE)
 
     def _validate(self, request: Request, loop_key: str) -> Reply | None:
         """§16.3: URI scheme (416), Proxy-Require (420) and loops (482)."""
@@ -248,9 +259,12 @@ class ProxyCore:
             return None
         return Peer(uri.transport, host, uri.effective_port), local
 
-    def send_request(self, request: Request, target: str, user: ClientUser,
+    def send_request(self, request: Request, target: str | None, user: ClientUser,
                      timeout: float | None = None) -> ClientTransaction | None:  # fmt: skip
-        """Send a request of sipha's own (a probe, a BYE) to ``target`` statefully."""
+        """Send a request of sipha's own (a probe, a BYE) statefully.
+
+        ``target`` is the next hop; None means the request's own Route or R-URI.
+        """
         hop = self.next_hop(target, request)
         if hop is None:
             return None
@@ -327,8 +341,11 @@ class ProxyContext:
         self.cancelled = False
         self.dialog: Dialog | None = None
         if self.request.method == "INVITE" and self.request.to_tag is None:
-            binding = decision.targets if hasattr(decision.targets, "release") else None
-            self.dialog = core.dialogs.create(self.request, binding)  # type: ignore[arg-type]
+            binding: Any = decision.targets if hasattr(decision.targets, "release") else None
+            self.dialog = core.dialogs.create(self.request, str(server.local), binding)
+            if self.dialog is not None and binding is not None:
+                self.dialog.lb_group = getattr(binding, "group", None)
+                self.dialog.lb_resources = tuple(getattr(binding, "resources", ()))
 
     def start(self) -> None:
         if not self.next_branch():
@@ -367,6 +384,8 @@ class ProxyContext:
     def _record_route(self, outbound: Any) -> list[str]:
         """Our Record-Route entries: one, or two with ``r2=on`` when in and out differ (§16.6)."""
         ftag = f";ftag={self.request.from_tag}" if self.request.from_tag else ""
+        if self.dialog is not None:
+            ftag += f";did={self.dialog.did}"
         inbound = self.server.local
         if inbound == outbound:
             return [f"<{_rr_uri(inbound)};lr{ftag}>"]
@@ -389,7 +408,7 @@ class ProxyContext:
         if status < 300:
             self.finished = True
             if self.dialog is not None:
-                self.core.dialogs.answered(self.dialog, response)
+                self.core.dialogs.answered(self.dialog, response, str(branch.local))
             self.server.send_response(response)
             return
         if self.finished:
@@ -456,6 +475,33 @@ class ProxyContext:
             self.server.reply(500, "Service Unavailable Downstream")
         else:
             self.server.send_response(best)
+
+
+def _route_did(request: Request) -> str | None:
+    """The ``did`` parameter of the top Route: sipha's own dialog id, if it is there."""
+    route = request.get("route")
+    if route is None or "did=" not in route:
+        return None
+    try:
+        did = parse_uri(parse_name_addr(split_comma_list(route)[0]).uri).params.get("did")
+    except URIError:
+        return None
+    return did
+
+
+def dialog_byes(dialog: Dialog) -> list[Request]:
+    """BYE to the callee and to the caller of a dialog sipha ends itself."""
+    to_callee = make_request(
+        "BYE", dialog.callee_contact or dialog.destination or dialog.to_uri,
+        from_uri=dialog.from_uri, from_tag=dialog.from_tag, to_uri=dialog.to_uri,
+        to_tag=dialog.to_tag, call_id=dialog.call_id, cseq=dialog.caller_cseq + 1,
+        routes=dialog.callee_route_set)  # fmt: skip
+    to_caller = make_request(
+        "BYE", dialog.caller_contact or dialog.from_uri,
+        from_uri=dialog.to_uri, from_tag=dialog.to_tag or "", to_uri=dialog.from_uri,
+        to_tag=dialog.from_tag, call_id=dialog.call_id, cseq=dialog.callee_cseq + 1,
+        routes=dialog.caller_route_set)  # fmt: skip
+    return [to_callee, to_caller]
 
 
 def _rr_uri(listener: Any) -> str:

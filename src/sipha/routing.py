@@ -15,12 +15,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from sipha.dialog import DialogState
 from sipha.message import Request
 from sipha.uri import URI, URIError, parse_name_addr, parse_uri
 
 if TYPE_CHECKING:
     from sipha.balancer import Allocation, LoadBalancer
     from sipha.config import RouteConfig
+    from sipha.dialog import Dialogs
     from sipha.dispatcher import Dispatcher
 
 #: Methods sipha's reference route accepts, sent in ``Allow`` with a 405.
@@ -69,6 +71,8 @@ Route = Callable[[Request, "RouteHelpers"], Decision]
 class ProxyState(Protocol):
     """What the helpers need to know of the running proxy."""
 
+    @property
+    def dialogs(self) -> Dialogs: ...
     def is_local(self, uri: URI) -> bool: ...
     def has_invite_transaction(self, cancel: Request) -> bool: ...
 
@@ -137,6 +141,28 @@ class RouteHelpers:
             request.insert("Route", route, index)
         return True
 
+    def dialog_route(self, request: Request) -> str | None:
+        """The next hop of an in-dialog request that did not come through our Route.
+
+        A UA that ignores Record-Route (sipp's built-in scenarios do) sends
+        ACK and BYE straight at sipha. If the request belongs to a dialog
+        sipha relayed, it goes to the other party's contact, and a
+        Request-URI naming sipha is replaced by that contact. Only the
+        dialog's own parties are ever targets, so this relays nothing else.
+        """
+        dialog = self.proxy.dialogs.match(request)
+        if dialog is None or dialog.state < DialogState.CONFIRMED_NA:
+            return None
+        if dialog.from_caller(request):
+            target = dialog.callee_contact or dialog.destination
+        else:
+            target = dialog.caller_contact
+        if not target:
+            return None
+        if self._is_local(request.uri):
+            request.uri = target
+        return target
+
     def transaction_exists(self, request: Request) -> bool:
         """``t_check_trans`` for a CANCEL: does it match a pending INVITE?"""
         return self.proxy.has_invite_transaction(request)
@@ -176,7 +202,10 @@ def reference_route(request: Request, sip: RouteHelpers) -> Decision:
     if request.to_tag is not None:
         if sip.loose_route(request):
             return Relay()
-        # Sequential request that did not come through sipha's Record-Route.
+        target = sip.dialog_route(request)
+        if target is not None:
+            return Relay([target])
+        # Neither routed through sipha nor part of a dialog it knows.
         return DROP if request.method == "ACK" else Reply(404, "Not Here")
     if request.method == "CANCEL":
         return Relay() if sip.transaction_exists(request) else DROP

@@ -6,7 +6,7 @@ import pytest
 from proxykit import CALLER, UDP_IN, invite, make_proxy, reply
 from twisted.internet.task import Clock
 
-from sipha.dialog import Dialogs, DialogState
+from sipha.dialog import Dialogs, DialogState, parse_did, revhex
 from sipha.message import Request, Response, parse_message
 from sipha.transaction import Peer
 
@@ -29,7 +29,7 @@ def new_dialog():
     dialogs = Dialogs(clock, default_timeout=100, on_end=lambda d, why: ended.append(why))
     request = parsed(invite())
     binding = Binding()
-    dialog = dialogs.create(request, binding)
+    dialog = dialogs.create(request, "udp:127.0.0.1:5060", binding)
     return dialogs, dialog, request, binding, clock, ended
 
 
@@ -41,12 +41,12 @@ def test_answered_call_goes_through_every_state_and_bye_releases_once():
     dialogs.answered(dialog, parsed(reply(request, 200)))
     assert dialog.state is DialogState.CONFIRMED_NA
     assert dialog.to_tag == "uas-1"
-    dialogs.acknowledged(dialog)
+    dialogs.in_dialog(dialog, parsed(invite(method="ACK", to_tag="uas-1")))
     assert dialog.state is DialogState.CONFIRMED
     bye_from_callee = parsed(invite(method="BYE", to_tag="from-1", cseq=5).replace(
         b"tag=from-1\r\nTo", b"tag=uas-1\r\nTo"))  # fmt: skip
     assert dialogs.match(bye_from_callee) is dialog
-    dialogs.end(dialog, "bye")
+    dialogs.in_dialog(dialog, bye_from_callee)
     dialogs.end(dialog, "bye")
     assert dialog.state is DialogState.DELETED
     assert binding.released == 1
@@ -110,3 +110,50 @@ def test_proxy_moves_the_unit_on_failover_and_releases_after_cancel():
     assert balancer.load("sip:127.0.0.1:5072") == {"pstn": 1}  # until the INVITE is over
     core.receive(reply(retry, 487), Peer("udp", "127.0.0.1", 5072), UDP_IN)
     assert balancer.load("sip:127.0.0.1:5072") == {"pstn": 0}
+
+
+def test_did_is_reversed_hex_and_matches_when_tags_change():
+    assert revhex(0x1A3) == "3a1"
+    assert parse_did("3a1.f") == (0x1A3, 0xF)
+    assert parse_did("zz.1") is None
+    dialogs, dialog, request, _, _, _ = new_dialog()
+    dialogs.answered(dialog, parsed(reply(request, 200)))
+    odd = parsed(invite(method="BYE", to_tag="other").replace(b"tag=from-1", b"tag=changed"))
+    assert dialogs.match(odd) is None
+    assert dialogs.match(odd, dialog.did) is dialog
+
+
+def test_route_sets_are_split_at_our_own_record_route():
+    clock = Clock()
+    dialogs = Dialogs(clock, is_local=lambda uri: "127.0.0.1:5060" in uri)
+    request = parsed(invite())
+    dialog = dialogs.create(request)
+    response = parsed(reply(request, 200).replace(
+        b"Content-Length", b"Record-Route: <sip:callee-proxy;lr>, <sip:127.0.0.1:5060;lr>, "
+        b"<sip:edge-a;lr>\r\nRecord-Route: <sip:edge-b;lr>\r\nContent-Length"))  # fmt: skip
+    dialogs.answered(dialog, response)
+    assert dialog.callee_route_set == ["<sip:callee-proxy;lr>"]
+    assert dialog.caller_route_set == ["<sip:edge-b;lr>", "<sip:edge-a;lr>"]
+    assert dialog.callee_contact == "sip:fs@127.0.0.1:5071"
+    assert dialog.caller_contact == "sip:alice@192.0.2.10:5062"
+
+
+def test_record_route_carries_the_did_and_an_expired_call_gets_bye_both_ways():
+    core, clock, wire = make_proxy()
+    core.receive(invite(), CALLER, UDP_IN)
+    forwarded = wire.take()[1].message
+    (dialog,) = core.dialogs
+    assert forwarded.get("record-route") == (
+        f"<sip:127.0.0.1:5060;lr;ftag=from-1;did={dialog.did}>")
+    core.receive(reply(forwarded, 200), Peer("udp", "127.0.0.1", 5071), UDP_IN)
+    wire.take()
+    clock.advance(43200)
+    byes = {s.peer.port: s.message for s in wire.take()}
+    assert byes[5071].method == "BYE"
+    assert byes[5071].uri == "sip:fs@127.0.0.1:5071"
+    assert byes[5071].to_tag == "uas-1"
+    assert byes[5071].cseq == 2
+    assert byes[5062].uri == "sip:alice@192.0.2.10:5062"
+    assert byes[5062].from_tag == "uas-1"
+    assert byes[5062].to_tag == "from-1"
+    assert core.helpers.balancer.load("sip:127.0.0.1:5071") == {"pstn": 0}

@@ -24,12 +24,13 @@ def start_call(**kwargs):
 
 
 def test_invite_gets_100_and_goes_to_first_destination_with_via_and_record_route():
-    _, _, _, forwarded = start_call()
+    core, _, _, forwarded = start_call()
     assert forwarded.uri == "sip:service@127.0.0.1:5060"
     vias = forwarded.get_all("via")
     assert len(vias) == 2
     assert vias[0].startswith("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK")
-    assert forwarded.get_all("record-route") == ["<sip:127.0.0.1:5060;lr;ftag=from-1>"]
+    did = next(iter(core.dialogs)).did
+    assert forwarded.get_all("record-route") == [f"<sip:127.0.0.1:5060;lr;ftag=from-1;did={did}>"]
     assert forwarded.get("max-forwards") == "69"
 
 
@@ -43,7 +44,7 @@ def test_provisional_and_final_replies_are_relayed_without_our_via():
     assert (ringing.message.status, ok.message.status) == (180, 200)
     assert ok.peer == CALLER
     assert ok.message.get_all("via") == ["SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK-caller-1"]
-    assert ok.message.get_all("record-route") == ["<sip:127.0.0.1:5060;lr;ftag=from-1>"]
+    assert ok.message.get_all("record-route") == forwarded.get_all("record-route")
 
 
 def test_retransmitted_invite_is_absorbed_and_last_reply_repeated():
@@ -307,9 +308,10 @@ resources = "pstn=32"
     forwarded = wire.take()[1]
     assert forwarded.peer == Peer("tcp", "127.0.0.1", 5071)
     assert forwarded.message.top_via.transport == "TCP"
+    did = next(iter(core.dialogs)).did
     assert forwarded.message.get_all("record-route") == [
-        "<sip:127.0.0.1:5060;transport=tcp;r2=on;lr;ftag=from-1>",
-        "<sip:127.0.0.1:5060;r2=on;lr;ftag=from-1>",
+        f"<sip:127.0.0.1:5060;transport=tcp;r2=on;lr;ftag=from-1;did={did}>",
+        f"<sip:127.0.0.1:5060;r2=on;lr;ftag=from-1;did={did}>",
     ]
 
 
@@ -364,3 +366,18 @@ def test_transactions_are_cleaned_up_after_a_call():
     assert core.layer.clients == {}
     # All that is left is the answered call's dialog lifetime (default_timeout).
     assert [call.getTime() for call in clock.getDelayedCalls()] == [43200.0]
+
+
+def test_in_dialog_request_without_our_route_follows_its_dialog():
+    """A UA that ignores Record-Route sends ACK and BYE to sipha itself."""
+    core, _, wire, forwarded = start_call()
+    core.receive(reply(forwarded, 200), FS1, UDP_IN)
+    wire.take()
+    core.receive(invite(method="ACK", to_tag="uas-1", branch="z9hG4bK-ack"), CALLER, UDP_IN)
+    core.receive(invite(method="BYE", to_tag="uas-1", cseq=2, branch="z9hG4bK-bye"), CALLER,
+                 UDP_IN)  # fmt: skip
+    ack, bye = wire.take()
+    assert (ack.message.method, ack.peer) == ("ACK", FS1)
+    assert (bye.message.method, bye.peer) == ("BYE", FS1)
+    assert bye.message.uri == "sip:fs@127.0.0.1:5071"
+    assert len(core.dialogs) == 0
