@@ -586,6 +586,14 @@ class LoadBalancerConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DialogConfig:
+    default_timeout: float = setting(Number(gt=0), 43200)
+    db_mode: int = setting(Int(0, 3), 1)
+    db_update_period: float = setting(Number(gt=0), 60)
+    queue_limit: int = setting(Int(ge=1), 100000)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     proxy: ProxyConfig = setting(Table(ProxyConfig), {})
     timers: TimersConfig = setting(Table(TimersConfig), {})
@@ -594,6 +602,7 @@ class Config:
     route: RouteConfig = setting(Table(RouteConfig), {})
     dispatcher: DispatcherConfig = setting(Table(DispatcherConfig), {})
     load_balancer: LoadBalancerConfig = setting(Table(LoadBalancerConfig), {})
+    dialog: DialogConfig = setting(Table(DialogConfig), {})
     # Not a key: the file this came from, as given.
     path: Path | None = None
 

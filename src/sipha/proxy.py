@@ -72,7 +72,7 @@ class ProxyCore:
 
     def __init__(self, clock: Clock, send: Send, listeners: Sequence[Any], route: Route,
                  timers: TimerSettings, *, max_message_size: int = 65535,
-                 helpers_factory: Any = None):  # fmt: skip
+                 dialog_timeout: float = 43200.0, helpers_factory: Any = None):  # fmt: skip
         self.clock = clock
         self.send = send
         self.listeners = list(listeners)
@@ -81,7 +81,8 @@ class ProxyCore:
         self.layer = TransactionLayer(clock, send, timers, lambda key: _digest(*key)[:10])
         self.stats: Counter[str] = Counter()
         self.helpers: RouteHelpers = helpers_factory(self)
-        self.dialogs = Dialogs(clock, is_local=self._is_local_text, on_end=self._dialog_ended)
+        self.dialogs = Dialogs(clock, dialog_timeout, is_local=self._is_local_text,
+                               on_end=self._dialog_ended)  # fmt: skip
         self._local = {(lst.host, lst.port) for lst in self.listeners}
         # Branches of sipha's own requests: unique per process and start time.
         self.instance_id = _digest(id(self), clock.seconds())[:8]

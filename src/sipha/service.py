@@ -47,7 +47,8 @@ def build_core(config: Config, clock: Any, send: Any,
     return ProxyCore(
         clock, send, config.proxy.listen, config.route.load_function(),
         TimerSettings(timers.t1, timers.t2, timers.t4, timers.fr_timer, timers.fr_inv_timer),
-        max_message_size=config.proxy.max_message_size, helpers_factory=helpers,
+        max_message_size=config.proxy.max_message_size,
+        dialog_timeout=config.dialog.default_timeout, helpers_factory=helpers,
     )  # fmt: skip
 
 
