@@ -23,7 +23,7 @@ import tempfile
 import time
 import tomllib
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -202,6 +202,15 @@ class SippResult:
             messages=log_tail(files.messages, 1 << 24),
             command=command,
         )
+
+    def response_time(self, number: int) -> float:
+        """Mean ResponseTime``number`` (an ``rtd`` of the scenario) of all calls, in seconds."""
+        value = self.stats.get(f"ResponseTime{number}(C)", "")
+        try:
+            hours, minutes, seconds, micros = (int(part) for part in value.split(":"))
+        except ValueError:
+            raise LookupError(f"no ResponseTime{number}(C) in sipp's statistics") from None
+        return hours * 3600 + minutes * 60 + seconds + micros / 1e6
 
     def describe(self) -> str:
         """Everything needed to understand a failed run, for assertion messages."""
@@ -514,6 +523,11 @@ class MediaServer:
             time.sleep(0.05)
         return done
 
+    @property
+    def calls_received(self) -> int:
+        """Every incoming call sipp created, probes and unexpected requests included."""
+        return _counter(self.stats, "IncomingCall(C)")
+
     def stop(self, timeout: float = _STOP_GRACE) -> SippResult:
         """Stop sipp by its PID (SIGTERM, then SIGKILL) and return its statistics.
 
@@ -545,6 +559,26 @@ class MediaServer:
     ) -> None:
         if self.process is not None:
             self.stop()
+
+
+def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.02) -> bool:
+    """Poll ``condition`` until it is true or ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def wait_for_total(servers: Sequence[MediaServer], count: int, timeout: float = 10.0) -> int:
+    """Wait until ``servers`` have completed ``count`` calls between them; return the sum."""
+    deadline = time.monotonic() + timeout
+    while (done := sum(server.calls_completed for server in servers)) < count:
+        if time.monotonic() > deadline or not all(server.running for server in servers):
+            break
+        time.sleep(0.05)
+    return done
 
 
 def _terminate(process: subprocess.Popen[bytes], grace: float) -> int:
@@ -624,12 +658,18 @@ def send_options(
 
 @dataclass(frozen=True)
 class Destination:
-    """One media server, written to both the load balancer and the dispatcher."""
+    """One media server, written to the load balancer and the dispatcher.
+
+    Clearing ``load_balancer`` or ``dispatcher`` leaves it out of that table,
+    so a test can tell which of the two a request was routed by.
+    """
 
     uri: str
     group_id: int = 1
     resources: str = "pstn=32"
     description: str = ""
+    load_balancer: bool = True
+    dispatcher: bool = True
 
 
 def _toml_value(value: object) -> str:
@@ -671,19 +711,23 @@ def sipha_config(
     for number, entry in enumerate(destinations, start=1):
         dst = entry if isinstance(entry, Destination) else Destination(entry)
         description = dst.description or f"FS{number}"
-        lines += [
-            "",
-            "[[load_balancer.destination]]",
-            f"group_id = {dst.group_id}",
-            f"dst_uri = {_toml_value(dst.uri)}",
-            f"resources = {_toml_value(dst.resources)}",
-            f"description = {_toml_value(description)}",
-            "",
-            "[[dispatcher.destination]]",
-            f"setid = {dst.group_id}",
-            f"destination = {_toml_value(dst.uri)}",
-            f"description = {_toml_value(description)}",
-        ]
+        if dst.load_balancer:
+            lines += [
+                "",
+                "[[load_balancer.destination]]",
+                f"group_id = {dst.group_id}",
+                f"dst_uri = {_toml_value(dst.uri)}",
+                f"resources = {_toml_value(dst.resources)}",
+                f"description = {_toml_value(description)}",
+            ]
+        if dst.dispatcher:
+            lines += [
+                "",
+                "[[dispatcher.destination]]",
+                f"setid = {dst.group_id}",
+                f"destination = {_toml_value(dst.uri)}",
+                f"description = {_toml_value(description)}",
+            ]
     text = "\n".join(lines) + "\n"
     tomllib.loads(text)  # a typo here should fail here, not inside sipha
     return text

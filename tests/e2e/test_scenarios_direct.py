@@ -136,10 +136,11 @@ def test_failed_call_fails_loudly(sipp_caller: Caller) -> None:
 
 
 class StubResponder:
-    """Answers every request with one fixed status, from where it was received.
+    """Answers every request but ACK with one fixed status, from where it was received.
 
     Stands in for sipha in the cases where sipha answers by itself, to check
-    that the scenarios accept the answer sipha must give.
+    that the scenarios accept the answer sipha must give.  An ACK is recorded
+    and never answered (RFC 3261 17.1.1.3).
     """
 
     def __init__(self, status: str, transport: str, headers: Sequence[str] = ()) -> None:
@@ -169,6 +170,8 @@ class StubResponder:
 
     def answer(self, request: str) -> bytes:
         self.requests.append(request)
+        if request.startswith("ACK "):
+            return b""
         lines = request.split("\r\n\r\n", 1)[0].split("\r\n")
         copied = [line for line in lines[1:] if re.match(r"(Via|From|Call-ID|CSeq):", line, re.I)]
         to = next(line for line in lines if line.lower().startswith("to:"))
@@ -183,7 +186,8 @@ class StubResponder:
                 data, source = self.sock.recvfrom(65535)
             except TimeoutError:
                 continue
-            self.sock.sendto(self.answer(data.decode()), source)
+            if answer := self.answer(data.decode()):
+                self.sock.sendto(answer, source)
 
     def _serve_tcp(self) -> None:
         while not self.stopping.is_set():
@@ -202,9 +206,20 @@ class StubResponder:
                     if not chunk:
                         break
                     buffer += chunk
-                    while b"\r\n\r\n" in buffer:  # requests here have no body
-                        request, buffer = buffer.split(b"\r\n\r\n", 1)
-                        connection.sendall(self.answer(request.decode() + "\r\n\r\n"))
+                    while (request := _frame(buffer)) is not None:
+                        buffer = buffer[len(request) :]
+                        if answer := self.answer(request.decode()):
+                            connection.sendall(answer)
+
+
+def _frame(buffer: bytes) -> bytes | None:
+    """The first complete message in a stream buffer (Content-Length framing), or None."""
+    head, found, _ = buffer.partition(b"\r\n\r\n")
+    if not found:
+        return None
+    length = re.search(rb"^(?:Content-Length|l)[ \t]*:[ \t]*(\d+)", head, re.I | re.M)
+    end = len(head) + 4 + (int(length.group(1)) if length else 0)
+    return buffer[:end] if len(buffer) >= end else None
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -237,6 +252,26 @@ def test_broken_via_gets_400(transport: str, sipp_caller: Caller) -> None:
         sipp_caller("broken_via.xml", stub.address, transport=transport)
 
     assert "\r\nVia: garbage\r\n" in stub.requests[0]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("status", ["408 Request Timeout", "500 Service Unavailable Downstream"])
+def test_failed_call_is_acked(transport: str, status: str, sipp_caller: Caller) -> None:
+    with StubResponder(status, transport) as stub:
+        result = sipp_caller("uac_fail.xml", stub.address, transport=transport, trace_msg=True)
+        sipp.wait_until(lambda: len(stub.requests) >= 2, 2.0)
+
+    assert [request.split(" ", 1)[0] for request in stub.requests] == ["INVITE", "ACK"]
+    # The ACK of a non-2xx answer belongs to the INVITE transaction.
+    assert _branches(result.messages, "ACK sip:") == _branches(result.messages, "INVITE sip:")
+    assert "ResponseTime1(C)" in result.stats
+
+
+def test_failed_call_needs_an_error(sipp_caller: Caller) -> None:
+    with StubResponder("486 Busy Here", "u1") as stub:
+        result = sipp_caller("uac_fail.xml", stub.address, check=False)
+
+    assert (result.successful, result.failed) == (0, 1)
 
 
 def _branches(messages: str, start: str) -> list[str]:
