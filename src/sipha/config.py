@@ -350,6 +350,12 @@ class Str(Kind):
 
 
 @dataclass(frozen=True)
+class Bool(Kind):
+    what = "true or false"
+    types = (bool,)
+
+
+@dataclass(frozen=True)
 class Choice(Kind):
     options: tuple[str, ...] = ()
     what = "a string"
@@ -494,6 +500,42 @@ class TimersConfig:
 @dataclass(frozen=True, kw_only=True)
 class LogConfig:
     level: str = setting(Choice(("debug", "info", "warn", "error")), "info")
+    format: str = setting(Choice(("text", "json")), "text")
+
+
+def _check_endpoint(text: str) -> None:
+    """A Twisted server endpoint string such as ``tcp:9260:interface=127.0.0.1``; "" = off."""
+    if text and not re.fullmatch(r"(tcp|tcp6|unix|ssl):\S+", text):
+        raise ValueError("expected an endpoint such as 'tcp:9260:interface=127.0.0.1'")
+
+
+_ENDPOINT = Parsed(_check_endpoint, "a listening endpoint")
+
+
+def _check_octal_mode(text: str) -> None:
+    if not re.fullmatch(r"0?[0-7]{3}", text):
+        raise ValueError("expected an octal file mode such as '0600'")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ManholeConfig:
+    enabled: bool = setting(Bool(), False)
+    listen: str = setting(_ENDPOINT, "tcp:2222:interface=127.0.0.1")
+    authorized_keys: str = setting(Str(), "")
+    passwords: str = setting(Str(), "")
+    host_key: str = setting(Str(), "")
+    telnet: str = setting(_ENDPOINT, "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlConfig:
+    socket: str = setting(Str(), "")
+    mode: str = setting(Parsed(_check_octal_mode, "a file mode"), "0600")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsConfig:
+    listen: str = setting(_ENDPOINT, "")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -603,6 +645,9 @@ class Config:
     dispatcher: DispatcherConfig = setting(Table(DispatcherConfig), {})
     load_balancer: LoadBalancerConfig = setting(Table(LoadBalancerConfig), {})
     dialog: DialogConfig = setting(Table(DialogConfig), {})
+    manhole: ManholeConfig = setting(Table(ManholeConfig), {})
+    control: ControlConfig = setting(Table(ControlConfig), {})
+    metrics: MetricsConfig = setting(Table(MetricsConfig), {})
     # Not a key: the file this came from, as given.
     path: Path | None = None
 
