@@ -184,6 +184,11 @@ class Allocation:
         """The URI holding this call's unit(s), or None."""
         return None if self._held is None else self._held.uri
 
+    @property
+    def destination_id(self) -> int | None:
+        """The row id of that destination: OpenSIPS's profile value (in hex) for the call."""
+        return None if self._held is None else self._held.id
+
     def __repr__(self) -> str:
         return f"<Allocation group={self.group} {';'.join(self.resources)} at {self.destination}>"
 
@@ -201,7 +206,7 @@ class LoadBalancer:
 
     def __init__(self, destinations: Iterable[LoadBalancerRow] = (), *,
                  probing_threshold: int = 2, reply_codes: Iterable[int] = (200,)):  # fmt: skip
-        self._policy = ProbePolicy(probing_threshold, frozenset(reply_codes))
+        self.probe_policy = ProbePolicy(probing_threshold, frozenset(reply_codes))
         self._destinations: list[_Destination] = []
         # Counters by (group, URI): they outlive a reload that removes their
         # destination for as long as calls still hold units there.
@@ -329,7 +334,7 @@ class LoadBalancer:
         change = None
         for destination in self._matching(uri):
             if destination.probe_mode:
-                usable = self._policy.record(destination.health, code)
+                usable = self.probe_policy.record(destination.health, code)
                 if usable is not None:
                     change = "enabled" if usable else "disabled"
         return change

@@ -203,7 +203,7 @@ class Dispatcher:
                  rng: random.Random | None = None):  # fmt: skip
         if probing_mode not in (0, 1):
             raise ValueError(f"probing_mode must be 0 or 1, got {probing_mode}")
-        self._policy = ProbePolicy(probing_threshold, frozenset(reply_codes))
+        self.probe_policy = ProbePolicy(probing_threshold, frozenset(reply_codes))
         self._probe_all = probing_mode == 1
         self._rng = rng or random.Random()
         self._sets: dict[int, list[_Destination]] = {}
@@ -311,7 +311,7 @@ class Dispatcher:
         """
         change = None
         for entry in self._matching(uri):
-            usable = self._policy.record(entry.health, code)
+            usable = self.probe_policy.record(entry.health, code)
             if usable is not None:
                 change = STATES[entry.health.state]
         return change

@@ -11,10 +11,12 @@ injected clock, so tests drive it with ``task.Clock``.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from typing import Any, Protocol
 
 from twisted.application.internet import TimerService
 
+from sipha.destinations import ProbePolicy
 from sipha.logs import Log
 from sipha.message import Response, make_request
 from sipha.transaction import ClientTransaction
@@ -24,6 +26,8 @@ log = Log(namespace="sipha.probing")
 
 class Probed(Protocol):
     """The part of the dispatcher and the load balancer that probing drives."""
+
+    probe_policy: ProbePolicy
 
     def probe_targets(self) -> list[str]: ...
     def probe_result(self, uri: str, code: int | None) -> Any: ...
@@ -48,6 +52,8 @@ class Prober:
         # A probe must be decided before the next one is due.
         self.timeout = min(timeout or core.layer.timers.fr_timer, interval)
         self.pending: dict[str, ClientTransaction] = {}
+        #: Probe outcomes by destination: ``(uri, "ok" | "failed")``.
+        self.results: Counter[tuple[str, str]] = Counter()
         self._sequence = itertools.count(1)
 
     def service(self, clock: Any = None) -> TimerService:
@@ -78,6 +84,8 @@ class Prober:
 
     def _result(self, uri: str, code: int | None) -> None:
         self.pending.pop(uri, None)
+        accepted = code is not None and code in self.module.probe_policy.reply_codes
+        self.results[(uri, "ok" if accepted else "failed")] += 1
         change = self.module.probe_result(uri, code)
         if change is not None:
             log.info("{name}: {uri} is now {state} (probe {outcome})", name=self.name, uri=uri,

@@ -79,7 +79,10 @@ class ProxyCore:
         self.route = route
         self.max_message_size = max_message_size
         self.layer = TransactionLayer(clock, send, timers, lambda key: _digest(*key)[:10])
+        # Counters for metrics: events, requests in by method, responses in by code.
         self.stats: Counter[str] = Counter()
+        self.requests_received: Counter[str] = Counter()
+        self.responses_received: Counter[int] = Counter()
         self.helpers: RouteHelpers = helpers_factory(self)
         self.dialogs = Dialogs(clock, dialog_timeout, is_local=self._is_local_text,
                                on_end=self._dialog_ended)  # fmt: skip
@@ -121,10 +124,10 @@ class ProxyCore:
             self._reject(error, source, local)
             return
         if isinstance(message, Response):
-            self.stats["responses_received"] += 1
+            self.responses_received[message.status] += 1
             self._on_response(message)
         else:
-            self.stats["requests_received"] += 1
+            self.requests_received[message.method] += 1
             self._on_request(message, source, local)
 
     def _reject(self, error: ParseError, source: Peer, local: Any) -> None:

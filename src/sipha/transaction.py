@@ -16,6 +16,7 @@ D, H, I, J, K, L, M), re-armed in place rather than re-created.
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -151,6 +152,7 @@ class ServerTransaction:
         if self.state is State.ACCEPTED and not 200 <= status < 300:
             return
         data = response.serialize()
+        self.layer.responses_sent[status] += 1
         self.last_response = data
         self._transmit()
         if status < 200:
@@ -387,6 +389,8 @@ class TransactionLayer:
         self.timers = timers
         self.make_tag = make_tag
         self.servers: dict[tuple[Any, ...], ServerTransaction] = {}
+        #: Responses sent upstream (relayed or generated here), by status code.
+        self.responses_sent: Counter[int] = Counter()
         self.clients: dict[tuple[Any, ...], ClientTransaction] = {}
 
     def find_server(self, request: Request, method: str | None = None) -> ServerTransaction | None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from proxykit import UDP_IN, make_proxy, reply
 
+from sipha.destinations import ProbePolicy
 from sipha.probing import Prober
 from sipha.transaction import Peer
 
 
 class Module:
     """A stand-in for the dispatcher's probing interface: records the results."""
+
+    probe_policy = ProbePolicy()
 
     def __init__(self, targets: list[str]) -> None:
         self.targets = targets
@@ -40,6 +43,7 @@ def test_each_round_probes_every_target_and_reports_replies_and_timeouts():
     clock.advance(2)  # fr_timer: 5072 never answered, only retransmissions went out
     assert {s.peer.port for s in wire.take()} == {5072}
     assert module.results == [("sip:127.0.0.1:5071", 200), ("sip:127.0.0.1:5072", None)]
+    assert prober.results == {("sip:127.0.0.1:5071", "ok"): 1, ("sip:127.0.0.1:5072", "failed"): 1}
     clock.advance(3)
     assert len([s for s in wire.take() if s.message.method == "OPTIONS"]) == 2
     service.stopService()
