@@ -53,3 +53,22 @@ def execute(url: str, *statements: str) -> None:
         cursor.execute(statement)
     connection.commit()
     connection.close()
+
+
+def query(url: str, statement: str) -> list[tuple]:  # type: ignore[type-arg]
+    """Read rows by hand, as an operator would with the mysql or sqlite3 client."""
+    if url.startswith("sqlite:///"):
+        import sqlite3
+
+        connection = sqlite3.connect(url[len("sqlite:///") :])
+        try:
+            return connection.execute(statement).fetchall()
+        finally:
+            connection.close()
+    connection = mariadb_connect(url.rsplit("/", 1)[1])
+    try:
+        cursor = connection.cursor()
+        cursor.execute(statement)
+        return list(cursor.fetchall())
+    finally:
+        connection.close()

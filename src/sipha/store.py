@@ -8,13 +8,16 @@ reactor thread never waits for the database.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
 
 from sipha.logs import Log
 
@@ -50,6 +53,50 @@ class LoadBalancerRow:
     description: str = ""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DialogRow:
+    """One row of the ``dialog`` table, with OpenSIPS 1.7's column names and order.
+
+    ``id`` is the table's own counter, None for a row not read back;
+    ``(hash_entry, hash_id)`` is the key every write goes by.
+    """
+
+    id: int | None = None
+    hash_entry: int
+    hash_id: int
+    callid: str
+    from_uri: str
+    from_tag: str
+    to_uri: str
+    to_tag: str
+    mangled_from_uri: str | None = None
+    mangled_to_uri: str | None = None
+    caller_cseq: str
+    callee_cseq: str
+    caller_ping_cseq: int = 0
+    callee_ping_cseq: int = 0
+    caller_route_set: str | None
+    callee_route_set: str | None
+    caller_contact: str
+    callee_contact: str
+    caller_sock: str
+    callee_sock: str
+    state: int
+    start_time: int
+    timeout: int
+    vars: str | None = None
+    profiles: str | None = None
+    script_flags: int = 0
+    flags: int = 0
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.hash_entry, self.hash_id
+
+
+DIALOG_COLUMNS = tuple(f.name for f in fields(DialogRow) if f.name != "id")
+
+
 def _sqlite_open(connection: Any) -> None:
     # WAL lets readers (the control tools, sqlite3 by hand) work beside sipha.
     connection.execute("PRAGMA journal_mode=WAL")
@@ -75,6 +122,7 @@ class Database:
                 "sqlite3", path, check_same_thread=False, cp_min=1, cp_max=1,
                 cp_openfun=_sqlite_open, **options)
             self.placeholder = "?"
+            upsert = "ON CONFLICT (hash_entry, hash_id) DO UPDATE SET", "{0} = excluded.{0}"
         elif self.engine == "mysql":
             self.pool = adbapi.ConnectionPool(
                 "MySQLdb", host=parts.hostname or "localhost", port=parts.port or 3306,
@@ -83,8 +131,17 @@ class Database:
                 read_timeout=10, write_timeout=10, cp_reconnect=True, cp_min=1, cp_max=3,
                 **options)
             self.placeholder = "%s"
+            upsert = "ON DUPLICATE KEY UPDATE", "{0} = VALUES({0})"
         else:
             raise ValueError(f"unsupported database URL {url!r}")
+        # An upsert keyed by the UNIQUE (hash_entry, hash_id): writing a row
+        # twice (a retry after a lost reply) is harmless.
+        clause, assign = upsert
+        self._dialog_upsert = self.sql(
+            f"INSERT INTO dialog ({', '.join(DIALOG_COLUMNS)})"
+            f" VALUES ({', '.join('?' * len(DIALOG_COLUMNS))}) {clause} "
+            + ", ".join(assign.format(column) for column in DIALOG_COLUMNS[2:]))
+        self._dialog_delete = self.sql("DELETE FROM dialog WHERE hash_entry = ? AND hash_id = ?")
 
     def __repr__(self) -> str:
         parts = urlsplit(self.url)
@@ -132,6 +189,48 @@ class Database:
                             description=row[5] or "")
             for row in rows
         ]
+
+    async def dialog_rows(self) -> list[DialogRow]:
+        rows = await self.pool.runQuery(
+            f"SELECT id, {', '.join(DIALOG_COLUMNS)} FROM dialog ORDER BY id")
+        return [DialogRow(id=row[0], **dict(zip(DIALOG_COLUMNS, row[1:], strict=True)))
+                for row in rows]  # fmt: skip
+
+    def write_dialogs(self, writes: Sequence[DialogRow | tuple[int, int]]) -> Deferred[None]:
+        """Upsert each row and delete each ``(hash_entry, hash_id)``, in order, in one transaction.
+
+        All or nothing: after a failure none of them is written, so the caller
+        can retry the same list.
+        """
+        batches = [
+            (self._dialog_upsert, [tuple(getattr(w, c) for c in DIALOG_COLUMNS) for w in group])
+            if is_row else (self._dialog_delete, list(group))
+            for is_row, group in itertools.groupby(writes, lambda w: isinstance(w, DialogRow))
+        ]  # fmt: skip
+
+        def write(cursor: Any) -> None:
+            for statement, parameters in batches:
+                cursor.executemany(statement, parameters)
+
+        return self.pool.runInteraction(write)
+
+    def ping(self) -> Deferred[Any]:
+        """A round trip that only succeeds when the database answers."""
+        return self.pool.runQuery("SELECT 1")
+
+    def unreachable(self, error: BaseException) -> bool:
+        """Did this failure come from the connection or the server, so a retry may work?
+
+        MySQL's OperationalError covers 2006/2013 (the connection is dead;
+        ``cp_reconnect`` opens a new one for the next call) and also a server
+        that refuses connections, lock timeouts and deadlocks; SQLite's covers
+        a locked or unreadable file. Anything else (a value the table refuses)
+        would fail again the same way.
+        """
+        if isinstance(error, adbapi.ConnectionLost):
+            return True
+        dbapi = self.pool.dbapi
+        return isinstance(error, (dbapi.OperationalError, dbapi.InterfaceError))
 
     def close(self) -> None:
         self.pool.close()

@@ -32,3 +32,44 @@ CREATE TABLE IF NOT EXISTS load_balancer (
     description CHAR(128) DEFAULT '' NOT NULL,
     KEY dsturi_idx (dst_uri)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Answered calls (dialog module), one row each, with OpenSIPS 1.7's columns
+-- (3.x's wider URI and contact columns). The row is keyed by (hash_entry,
+-- hash_id), the call's "did"; the index is UNIQUE (OpenSIPS's is not) because
+-- sipha's writes are upserts on it. As in OpenSIPS, CSeqs are text, route
+-- sets comma-joined and start_time/timeout UNIX seconds (timeout = when the
+-- call expires). sipha also writes the call's load-balancer binding, so its
+-- counters survive a crash or takeover: "profiles" = lbX<resource>#<destination
+-- id in hex>| per resource (OpenSIPS's format) and "vars" =
+-- lb_group#<group>|lb_dst#<destination URI>|, in both with "|", "#" and "\"
+-- escaped by "\".
+CREATE TABLE IF NOT EXISTS dialog (
+    id INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
+    hash_entry INT(10) UNSIGNED NOT NULL,
+    hash_id INT(10) UNSIGNED NOT NULL,
+    callid CHAR(255) NOT NULL,
+    from_uri CHAR(255) NOT NULL,
+    from_tag CHAR(64) NOT NULL,
+    to_uri CHAR(255) NOT NULL,
+    to_tag CHAR(64) NOT NULL,
+    mangled_from_uri CHAR(64) DEFAULT NULL,
+    mangled_to_uri CHAR(64) DEFAULT NULL,
+    caller_cseq CHAR(11) NOT NULL,
+    callee_cseq CHAR(11) NOT NULL,
+    caller_ping_cseq INT(11) UNSIGNED DEFAULT 0 NOT NULL,
+    callee_ping_cseq INT(11) UNSIGNED DEFAULT 0 NOT NULL,
+    caller_route_set TEXT,
+    callee_route_set TEXT,
+    caller_contact CHAR(255) NOT NULL,
+    callee_contact CHAR(255) NOT NULL,
+    caller_sock CHAR(64) NOT NULL,
+    callee_sock CHAR(64) NOT NULL,
+    state INT(10) UNSIGNED NOT NULL,
+    start_time INT(10) UNSIGNED NOT NULL,
+    timeout INT(10) UNSIGNED NOT NULL,
+    vars TEXT,
+    profiles TEXT,
+    script_flags INT(10) UNSIGNED DEFAULT 0 NOT NULL,
+    flags INT(10) UNSIGNED DEFAULT 0 NOT NULL,
+    UNIQUE KEY hash_idx (hash_entry, hash_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

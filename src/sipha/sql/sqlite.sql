@@ -32,3 +32,43 @@ CREATE TABLE IF NOT EXISTS load_balancer (
     description VARCHAR(128) NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS dsturi_idx ON load_balancer (dst_uri);
+
+-- Answered calls (dialog module), one row each, with OpenSIPS 1.7's columns.
+-- The row is keyed by (hash_entry, hash_id), the call's "did"; the index is
+-- UNIQUE (OpenSIPS's is not) because sipha's writes are upserts on it. As in
+-- OpenSIPS, CSeqs are text, route sets comma-joined and start_time/timeout
+-- UNIX seconds (timeout = when the call expires). sipha also writes the
+-- call's load-balancer binding, so its counters survive a crash or takeover:
+-- "profiles" = lbX<resource>#<destination id in hex>| per resource (OpenSIPS's
+-- format) and "vars" = lb_group#<group>|lb_dst#<destination URI>|, in both
+-- with "|", "#" and "\" escaped by "\".
+CREATE TABLE IF NOT EXISTS dialog (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    hash_entry INTEGER NOT NULL,
+    hash_id INTEGER NOT NULL,
+    callid VARCHAR(255) NOT NULL,
+    from_uri VARCHAR(255) NOT NULL,
+    from_tag VARCHAR(64) NOT NULL,
+    to_uri VARCHAR(255) NOT NULL,
+    to_tag VARCHAR(64) NOT NULL,
+    mangled_from_uri VARCHAR(64) DEFAULT NULL,
+    mangled_to_uri VARCHAR(64) DEFAULT NULL,
+    caller_cseq VARCHAR(11) NOT NULL,
+    callee_cseq VARCHAR(11) NOT NULL,
+    caller_ping_cseq INTEGER NOT NULL DEFAULT 0,
+    callee_ping_cseq INTEGER NOT NULL DEFAULT 0,
+    caller_route_set TEXT,
+    callee_route_set TEXT,
+    caller_contact VARCHAR(255) NOT NULL,
+    callee_contact VARCHAR(255) NOT NULL,
+    caller_sock VARCHAR(64) NOT NULL,
+    callee_sock VARCHAR(64) NOT NULL,
+    state INTEGER NOT NULL,
+    start_time INTEGER NOT NULL,
+    timeout INTEGER NOT NULL,
+    vars TEXT,
+    profiles TEXT,
+    script_flags INTEGER NOT NULL DEFAULT 0,
+    flags INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS hash_idx ON dialog (hash_entry, hash_id);
