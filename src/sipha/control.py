@@ -18,6 +18,7 @@ from typing import Any
 from sipha.balancer import LoadBalancer
 from sipha.config import Config
 from sipha.dialog import Dialogs
+from sipha.dialog_store import DialogStore
 from sipha.dispatcher import Dispatcher
 from sipha.logs import Log
 from sipha.store import Database
@@ -29,12 +30,14 @@ class Control:
     """The operator's handle on the live dispatcher, load balancer and dialogs."""
 
     def __init__(self, config: Config, database: Database | None, dispatcher: Dispatcher,
-                 balancer: LoadBalancer, dialogs: Dialogs):  # fmt: skip
+                 balancer: LoadBalancer, dialogs: Dialogs,
+                 store: DialogStore | None = None):  # fmt: skip
         self.config = config
         self.database = database
         self.dispatcher = dispatcher
         self.balancer = balancer
         self.dialogs = dialogs
+        self.store = store
         self.sources = {"dispatcher": "config", "load_balancer": "config"}
 
     async def reload(self) -> dict[str, str]:
@@ -58,6 +61,27 @@ class Control:
             log.info("{name}: {count} destinations from the {source}", name=name,
                      count=len(rows if rows else fallback), source=source)  # fmt: skip
         return dict(self.sources)
+
+    async def reload_dialogs(self) -> int:
+        """Take over the calls in the dialog table (start-up, or the standby taking the VIP).
+
+        Each dialog not already live is rebuilt with its remaining lifetime and
+        takes its load-balancer unit again, so counters match the calls in
+        progress. Returns how many dialogs were restored.
+        """
+        if self.store is None:
+            return 0
+        restored = 0
+        for dialog in await self.store.load(self.dialogs.clock.seconds()):
+            if self.dialogs.match_id(dialog.h_entry, dialog.h_id) is not None:
+                continue
+            if dialog.lb_group is not None and dialog.destination:
+                dialog.binding = self.balancer.restore(dialog.lb_group, dialog.destination,
+                                                       dialog.lb_resources)  # fmt: skip
+            self.dialogs.restore(dialog)
+            restored += 1
+        log.info("restored {count} dialogs from the dialog table", count=restored)
+        return restored
 
     def destinations(self) -> dict[str, list[dict[str, Any]]]:
         """Every destination with its state and, for the load balancer, its load."""

@@ -252,6 +252,9 @@ class Dialogs:
             dialog = self._by_key.get((request.call_id, request.to_tag))
         return dialog
 
+    def match_id(self, h_entry: int, h_id: int) -> Dialog | None:
+        return self._by_id.get((h_entry, h_id))
+
     def end(self, dialog: Dialog, reason: str) -> None:
         if dialog.state is DialogState.DELETED:
             return

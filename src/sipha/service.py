@@ -13,6 +13,7 @@ from sipha import __version__
 from sipha.balancer import LoadBalancer
 from sipha.config import Config
 from sipha.control import Control
+from sipha.dialog_store import DialogStore
 from sipha.dispatcher import Dispatcher
 from sipha.logs import Log, set_level
 from sipha.probing import Prober
@@ -62,6 +63,7 @@ class SIPService(service.MultiService):
         self.transports: Transports | None = None
         self.core: ProxyCore | None = None
         self.database: Database | None = None
+        self.store: DialogStore | None = None
         self.control: Control | None = None
         self.ready: defer.Deferred[None] = defer.Deferred()
 
@@ -83,7 +85,12 @@ class SIPService(service.MultiService):
         for listener in config.proxy.listen:
             self.transports.listen(listener, config.proxy.udp_receive_buffer)
         self.database = Database(config.database.resolved_url, self.reactor)
-        self.control = Control(config, self.database, dispatcher, balancer, self.core.dialogs)
+        dialogs = self.core.dialogs
+        self.store = DialogStore(self.database, self.reactor, config.dialog.db_mode,
+                                 update_period=config.dialog.db_update_period,
+                                 max_queue=config.dialog.queue_limit, live=dialogs)  # fmt: skip
+        dialogs.observer = self.store
+        self.control = Control(config, self.database, dispatcher, balancer, dialogs, self.store)
         for name, module, settings, interval in (
             ("dispatcher", dispatcher, config.dispatcher, config.dispatcher.ping_interval),
             ("load_balancer", balancer, config.load_balancer,
@@ -102,23 +109,27 @@ class SIPService(service.MultiService):
         log.info("sipha {version} started with {config}", version=__version__,
                  config=config.path)  # fmt: skip
 
-    async def _load_tables(self) -> None:
-        """Create missing tables, then take the destinations from them if they have rows.
+    async def _load_tables(self, dialogs: bool = True) -> None:
+        """Create missing tables, take the destinations from them, then the calls in progress.
 
         The proxy routes on the config lists meanwhile; a database that is down
         is logged and leaves them in place: routing never waits for it.
         """
-        assert self.database is not None and self.control is not None
+        assert self.database is not None
+        assert self.control is not None
         try:
             await self.database.create_schema()
             await self.control.reload()
+            if dialogs:
+                await self.control.reload_dialogs()
         except Exception as error:
             log.error("database {database}: {error}; routing on the config file's destinations",
                       database=self.database, error=error)  # fmt: skip
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
         """``kill -HUP`` reloads the destination tables, like an MI ``ds_reload``/``lb_reload``."""
-        self.reactor.callFromThread(lambda: defer.ensureDeferred(self._load_tables()))
+        self.reactor.callFromThread(
+            lambda: defer.ensureDeferred(self._load_tables(dialogs=False)))
 
     def stopService(self) -> defer.Deferred[None]:  # noqa: N802
         return defer.ensureDeferred(self._stop())
@@ -127,6 +138,8 @@ class SIPService(service.MultiService):
         await super().stopService()
         if self.transports is not None:
             await self.transports.stop()
+        if self.store is not None:
+            await self.store.stop()
         if self.database is not None:
             self.database.close()
 
