@@ -1,0 +1,78 @@
+"""Run the sans-IO proxy core through whole calls, without sockets, and time it.
+
+This isolates sipha's own per-call cost (parsing, transactions, dialogs,
+balancing, serializing) from the kernel and from sipp, so a profiler shows
+where the hot path spends its time:
+
+    python3 bench/profile_core.py --calls 20000
+    python3 -m cProfile -s cumtime bench/profile_core.py --calls 5000 | head -40
+    py-spy record -o core.svg -- python3 bench/profile_core.py --calls 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from twisted.internet import reactor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"))
+
+from proxykit import CALLER, UDP_IN, invite, reply  # noqa: E402
+
+from sipha.config import parse_config  # noqa: E402
+from sipha.message import parse_message  # noqa: E402
+from sipha.service import build_core  # noqa: E402
+from sipha.transaction import Peer  # noqa: E402
+
+CONFIG = """
+[proxy]
+listen = ["udp:127.0.0.1:5060"]
+[[load_balancer.destination]]
+group_id = 1
+dst_uri = "sip:127.0.0.1:5071"
+resources = "pstn=100000"
+[[load_balancer.destination]]
+group_id = 1
+dst_uri = "sip:127.0.0.1:5072"
+resources = "pstn=100000"
+"""
+
+SDP = b"v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=20000)
+    calls = parser.parse_args().calls
+    # The real reactor's timer heap (never run): task.Clock re-sorts its list
+    # on every callLater, which would dominate a run with thousands of timers.
+    clock = reactor
+    outbox: list[tuple[bytes, Peer]] = []
+    core = build_core(parse_config(CONFIG), clock, lambda data, peer, local: outbox.append((data, peer)))
+    started = time.process_time()
+    for n in range(calls):
+        call_id = f"call-{n}@192.0.2.10"
+        core.receive(invite(call_id=call_id, branch=f"z9hG4bK-i{n}", body=SDP), CALLER, UDP_IN)
+        data, peer = outbox[-1]
+        outbox.clear()
+        forwarded = parse_message(data)
+        for status in (100, 180, 200):
+            core.receive(reply(forwarded, status), peer, UDP_IN)
+        route = forwarded.get("record-route")
+        core.receive(invite(method="ACK", uri="sip:fs@127.0.0.1:5071", call_id=call_id,
+                            to_tag="uas-1", branch=f"z9hG4bK-a{n}", routes=(route,)), CALLER, UDP_IN)
+        core.receive(invite(method="BYE", uri="sip:fs@127.0.0.1:5071", call_id=call_id, cseq=2,
+                            to_tag="uas-1", branch=f"z9hG4bK-b{n}", routes=(route,)), CALLER, UDP_IN)
+        bye = parse_message(outbox[-1][0])
+        core.receive(reply(bye, 200), peer, UDP_IN)
+        outbox.clear()
+    elapsed = time.process_time() - started
+    print(f"{calls} calls in {elapsed:.2f} s CPU: {calls / elapsed:.0f} calls/s, "
+          f"{elapsed / calls * 1e6:.0f} µs per call (includes building the test messages)")
+
+
+if __name__ == "__main__":
+    main()
