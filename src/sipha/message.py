@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from sipha.uri import (
     URIError,
+    name_addr_tag,
     _split_params,
     format_host_port,
     format_params,
@@ -310,11 +311,11 @@ class Response(Message):
 
 # -- parsing --------------------------------------------------------------------------
 
-_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 
 
 def _is_token(text: str) -> bool:
-    return bool(text) and all(c in _TOKEN_CHARS for c in text)
+    return _TOKEN.fullmatch(text) is not None
 
 
 def _is_number(text: str) -> bool:
@@ -322,20 +323,24 @@ def _is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-#: The first empty line, whatever mix of CRLF and bare LF ends the lines around it.
-_EMPTY_LINE = re.compile(rb"\r?\n\r?\n")
-
-
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
     """Split at the empty line; bare LF line ends are tolerated (§7.5 robustness).
 
-    The first empty line ends the head, so a CRLFCRLF inside the body of a
-    bare-LF message is not mistaken for it.
+    The first empty line ends the head, whatever mix of CRLF and bare LF ends
+    the lines around it, so a CRLFCRLF inside the body of a bare-LF message is
+    not mistaken for it.
     """
-    end = _EMPTY_LINE.search(data)
-    if end:
-        return data[: end.start()], data[end.end() :]
-    return data.rstrip(b"\r\n"), b""
+    crlf = data.find(b"\n\r\n")
+    lf = data.find(b"\n\n")
+    if crlf < 0 and lf < 0:
+        return data.rstrip(b"\r\n"), b""
+    if lf < 0 or 0 <= crlf < lf:
+        end, start = crlf, crlf + 3
+    else:
+        end, start = lf, lf + 2
+    if end > 0 and data[end - 1 : end] == b"\r":
+        end -= 1
+    return data[:end], data[start:]
 
 
 def _header_lines(text: str) -> Iterator[str]:
@@ -345,7 +350,10 @@ def _header_lines(text: str) -> Iterator[str]:
     LF left inside a value would hide the header after it from sipha but not
     from the next hop.
     """
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    lines = text.replace("\r\n", "\n").split("\n")
+    if "\n " not in text and "\n\t" not in text:
+        yield from lines[1:]  # nothing folded: the common case, kept cheap
+        return
     current: str | None = None
     for line in lines[1:]:
         if line[:1] in (" ", "\t"):
@@ -368,16 +376,33 @@ def _parse_headers(lines: Iterable[str]) -> tuple[list[tuple[str, str, str]], st
     """
     headers = []
     problem = None
+    names = _NAMES
     for line in lines:
         name, colon, value = line.partition(":")
-        name = name.strip()
-        if not colon or not _is_token(name):
-            problem = problem or f"Malformed header line {line[:32]!r}"
-            continue
-        key = name.lower()
-        key = COMPACT_FORMS.get(key, key)
-        headers.append((key, CANONICAL_NAMES.get(key, name), value.strip()))
+        known = names.get(name)
+        if known is None:
+            known = _header_name(name.strip()) if colon else None
+            if known is None:
+                problem = problem or f"Malformed header line {line[:32]!r}"
+                continue
+            if len(names) < _NAMES_LIMIT:
+                names[name] = known
+        headers.append((known[0], known[1], value.strip()))
     return headers, problem
+
+
+#: Header names as written on the wire -> (key, canonical name). Nearly every
+#: message repeats the same few names, so each is checked and looked up once.
+_NAMES: dict[str, tuple[str, str]] = {}
+_NAMES_LIMIT = 4096  # a stream of made-up names cannot grow it without bound
+
+
+def _header_name(name: str) -> tuple[str, str] | None:
+    if not _is_token(name):
+        return None
+    key = name.lower()
+    key = COMPACT_FORMS.get(key, key)
+    return key, CANONICAL_NAMES.get(key, name)
 
 
 def parse_message(
@@ -441,13 +466,20 @@ def _body(message: Message, body: bytes, stream: bool) -> bytes:
     return body[:size]
 
 
+_CORE_KEYS = frozenset(("call-id", "cseq", "from", "to"))
+
+
 def _read_core_fields(message: Message) -> None:
     """Read and check the fields every transaction and route decision uses (§8.1.1)."""
-    call_id = message.get("call-id")
+    core: dict[str, str] = {}
+    for key, _, value in message.headers:
+        if key in _CORE_KEYS and key not in core:
+            core[key] = value
+    call_id = core.get("call-id")
     if not call_id:
         raise ParseError("Missing Call-ID")
     message.call_id = call_id
-    cseq = message.get("cseq")
+    cseq = core.get("cseq")
     if cseq is None:
         raise ParseError("Missing CSeq")
     number, _, method = cseq.partition(" ")
@@ -457,19 +489,18 @@ def _read_core_fields(message: Message) -> None:
     message.cseq, message.cseq_method = int(number), method
     if isinstance(message, Request) and method != message.method:
         raise ParseError("CSeq method does not match request method")
-    message.from_tag = _tag(message, "from")
-    message.to_tag = _tag(message, "to")
+    message.from_tag = _tag(core.get("from"), "From")
+    message.to_tag = _tag(core.get("to"), "To")
     message.top_via  # noqa: B018 - parse now so a bad Via is a parse error
 
 
-def _tag(message: Message, name: str) -> str | None:
-    value = message.get(name)
+def _tag(value: str | None, name: str) -> str | None:
     if value is None:
-        raise ParseError(f"Missing {CANONICAL_NAMES[name]}")
+        raise ParseError(f"Missing {name}")
     try:
-        return parse_name_addr(value).tag
+        return name_addr_tag(value)
     except URIError as exc:
-        raise ParseError(f"Bad {CANONICAL_NAMES[name]}: {exc}") from None
+        raise ParseError(f"Bad {name}: {exc}") from None
 
 
 # -- replies ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ about sockets or the reactor.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -89,7 +90,7 @@ class ProxyCore:
         self._local = {(lst.host, lst.port) for lst in self.listeners}
         # Branches of sipha's own requests: unique per process and start time.
         self.instance_id = _digest(id(self), clock.seconds())[:8]
-        self._own_requests = 0
+        self._branches = 0
 
     # -- what the route helpers ask -----------------------------------------------
     def is_local(self, uri: URI) -> bool:
@@ -147,7 +148,7 @@ class ProxyCore:
         if source.reliable:
             peer = source
         log.info("rejected request from {source}: {status} {reason}", source=source,
-                 status=error.status, reason=error.reason)  # fmt: skip
+                 status=error.status, reason=error.reason, call_id=request.call_id)  # fmt: skip
         self.send(response.serialize(), peer, local)
 
     def _on_response(self, response: Response) -> None:
@@ -227,7 +228,8 @@ class ProxyCore:
     def _loop_key(self, request: Request) -> str:
         """The §16.6 step 8 loop-detection part of the branch: the same for a looped copy."""
         routes = ",".join(request.get_all("route"))
-        return _digest(request.uri, request.from_tag, request.call_id, request.cseq, routes)[:12]
+        text = f"{request.uri}\x00{request.from_tag}\x00{request.call_id}\x00{request.cseq}\x00{routes}"
+        return format(zlib.crc32(text.encode("utf-8", "surrogateescape")), "08x")
 
     def _looped(self, request: Request, loop_key: str) -> bool:
         for value in request.get_all("via"):
@@ -273,12 +275,16 @@ class ProxyCore:
         if hop is None:
             return None
         peer, local = hop
-        self._own_requests += 1
-        branch = f"{BRANCH_COOKIE}{self.instance_id}.{self._own_requests}"
+        branch = f"{BRANCH_COOKIE}{self.next_branch_id()}"
         request.insert("Via", self.via_for(local, branch))
         transaction = ClientTransaction(self.layer, request, peer, local, user, timeout)
         transaction.start()
         return transaction
+
+    def next_branch_id(self) -> str:
+        """A branch part no other transaction of this process run has used."""
+        self._branches += 1
+        return f"{self.instance_id}{self._branches:x}"
 
     def via_for(self, local: Any, branch: str) -> str:
         return (f"SIP/2.0/{local.transport.upper()} "
@@ -338,7 +344,8 @@ class ProxyContext:
         self.record_route = decision.record_route and self.request.to_tag is None
         self.targets: Iterator[str | None] = (
             iter(decision.targets) if decision.targets is not None else iter([None]))
-        self.branch_prefix = f"{BRANCH_COOKIE}{loop_key}.{_digest(*server.key)[:10]}."
+        # Unique per process run: sipha's instance id and a counter.
+        self.branch_prefix = f"{BRANCH_COOKIE}{loop_key}.{core.next_branch_id()}."
         self.branches: list[ClientTransaction] = []
         self.best: Response | None = None
         self.finished = False
@@ -360,7 +367,8 @@ class ProxyContext:
         for target in self.targets:
             hop = self.core.next_hop(target, self.request)
             if hop is None:
-                log.warn("cannot reach target {target}", target=target or self.request.uri)
+                log.warn("cannot reach target {target}", target=target or self.request.uri,
+                         call_id=self.request.call_id)  # fmt: skip
                 continue
             if self.dialog is not None:
                 self.dialog.destination = target
@@ -380,8 +388,8 @@ class ProxyContext:
         out.insert("Via", self.core.via_for(local, branch))
         transaction = ClientTransaction(self.core.layer, out, peer, local, self)
         self.branches.append(transaction)
-        log.debug("{method} {call_id} to {peer}", method=out.method, call_id=out.call_id,
-                  peer=peer)  # fmt: skip
+        if log.debugging:
+            log.debug("{method} to {peer}", method=out.method, peer=peer, call_id=out.call_id)
         self.core.stats["requests_forwarded"] += 1
         transaction.start()
 

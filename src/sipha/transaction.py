@@ -94,6 +94,9 @@ class _Timers:
 
 def _rearm(clock: Clock, call: Any, delay: float, f: Callable[[], None]) -> Any:
     if call is not None and call.active():
+        if call.func == f:
+            call.reset(delay)  # cheaper than a new timer, and the common case
+            return call
         call.cancel()
     return clock.callLater(delay, f)
 

@@ -8,6 +8,7 @@ URI that sipha does not change is re-serialized exactly as it arrived.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 DEFAULT_PORTS = {"sip": 5060, "sips": 5061}
@@ -25,6 +26,8 @@ def _excerpt(text: str) -> str:
 def _split_params(text: str) -> dict[str, str | None]:
     """Parse ``;a=1;b`` into an ordered dict; a flag parameter maps to None."""
     params: dict[str, str | None] = {}
+    if not text:
+        return params
     for item in text.split(";"):
         name, eq, value = item.partition("=")
         name = name.strip().lower()
@@ -37,6 +40,9 @@ def _split_params(text: str) -> dict[str, str | None]:
 def format_params(params: dict[str, str | None]) -> str:
     """The inverse of :func:`_split_params`: ``;a=1;b``."""
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+
+
+_BAD_HOST = re.compile(r"[ \t<>\"@\[\]]")
 
 
 def split_host_port(hostport: str) -> tuple[str, int | None]:
@@ -59,7 +65,7 @@ def split_host_port(hostport: str) -> tuple[str, int | None]:
         host, colon, port_text = hostport.partition(":")
         if not colon:
             port_text = ""
-        if not host or any(c in host for c in " \t<>\"@[]"):
+        if not host or _BAD_HOST.search(host):
             raise URIError(f"bad host {_excerpt(host)}")
         if not port_text:
             if colon:
@@ -160,8 +166,8 @@ class NameAddr:
         return f"{display}<{self.uri}>{format_params(self.params)}"
 
 
-def parse_name_addr(text: str) -> NameAddr:
-    """Parse one name-addr or addr-spec with its header parameters."""
+def _split_name_addr(text: str) -> tuple[str, str, str, bool]:
+    """``(display, uri, header params text, bracketed)`` of a name-addr or addr-spec."""
     text = text.strip()
     # A quoted display name may hold '<' and '>' (§25.1 quoted-string): skip it.
     start = 0
@@ -186,7 +192,24 @@ def parse_name_addr(text: str) -> NameAddr:
         uri, display, bracketed = uri.strip(), "", False
     if not uri or ":" not in uri:
         raise URIError(f"no URI in {_excerpt(text)}")
+    return display, uri, params, bracketed
+
+
+def parse_name_addr(text: str) -> NameAddr:
+    """Parse one name-addr or addr-spec with its header parameters."""
+    display, uri, params, bracketed = _split_name_addr(text)
     return NameAddr(display, uri, _split_params(params), bracketed)
+
+
+def name_addr_tag(text: str) -> str | None:
+    """The ``tag`` of a From/To value, with the checks of :func:`parse_name_addr`.
+
+    Every message needs its two tags, so this skips building the NameAddr.
+    """
+    params = _split_name_addr(text)[2]
+    if "tag" not in params.lower():
+        return None
+    return _split_params(params).get("tag")
 
 
 def split_comma_list(value: str) -> list[str]:
