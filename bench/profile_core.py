@@ -20,12 +20,12 @@ from twisted.internet import reactor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"))
 
-from proxykit import CALLER, UDP_IN, invite, reply  # noqa: E402
+from proxykit import CALLER, UDP_IN, invite, reply
 
-from sipha.config import parse_config  # noqa: E402
-from sipha.message import parse_message  # noqa: E402
-from sipha.service import build_core  # noqa: E402
-from sipha.transaction import Peer  # noqa: E402
+from sipha.config import parse_config
+from sipha.message import parse_message
+from sipha.service import build_core
+from sipha.transaction import Peer
 
 CONFIG = """
 [proxy]

@@ -1,8 +1,9 @@
 """Live inspection and control of a running sipha, as plain Python methods.
 
 What ``opensipsctl`` and the MI interface did in the reference deployment:
-list destinations, reload the tables, set a destination's state, list
-dialogs. The control command and the Manhole call these same methods.
+list destinations, add and remove table rows, reload the tables, set a
+destination's state, list and end dialogs. The control command
+(``sipha-ctl``) and the Manhole call these same methods.
 
 Where destinations come from: the SQL tables win whenever they have rows,
 and the config file's lists are used only for a module whose table is empty
@@ -13,15 +14,22 @@ reload); the config lists are the bootstrap for a node without a database.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from sipha.balancer import LoadBalancer
 from sipha.config import Config
-from sipha.dialog import Dialogs
+from sipha.dialog import Dialogs, DialogState
 from sipha.dialog_store import DialogStore
 from sipha.dispatcher import Dispatcher
 from sipha.logs import Log
-from sipha.store import Database
+from sipha.proxy import dialog_byes
+from sipha.store import Database, DispatcherRow, LoadBalancerRow
+
+if TYPE_CHECKING:
+    from sipha.message import Response
+    from sipha.proxy import ProxyCore
+    from sipha.transaction import ClientTransaction
 
 log = Log(namespace="sipha.control")
 
@@ -39,6 +47,8 @@ class Control:
         self.dialogs = dialogs
         self.store = store
         self.sources = {"dispatcher": "config", "load_balancer": "config"}
+        #: The proxy core, set by the service: ending a dialog sends BYEs through it.
+        self.core: ProxyCore | None = None
 
     async def reload(self) -> dict[str, str]:
         """Re-read the destination tables without a restart; runtime state is kept.
@@ -100,6 +110,180 @@ class Control:
         return [
             {"call_id": d.call_id, "from_tag": d.from_tag, "to_tag": d.to_tag,
              "state": d.state.name.lower(), "destination": d.destination,
-             "start_time": d.start_time, "timeout": d.timeout_at}  # fmt: skip
+             "start_time": d.start_time, "timeout": d.timeout_at}
             for d in self.dialogs
-        ]
+        ]  # fmt: skip
+
+    def set_enabled(self, uri: str, enabled: bool) -> list[str]:
+        """Take a URI out of (or back into) selection in every dispatcher set and lb group.
+
+        What an operator means by "drain this server": the dispatcher state
+        becomes inactive (active) and the balancer destination disabled
+        (enabled). Returns the modules it was found in; KeyError if none.
+        """
+        found = []
+        for entry in self.dispatcher.list():
+            if entry["uri"].lower() == uri.lower():
+                self.dispatcher.set_state(entry["set"], entry["uri"],
+                                          "active" if enabled else "inactive")  # fmt: skip
+                found.append(f"dispatcher set {entry['set']}")
+        for entry in self.balancer.list():
+            if entry["uri"].lower() == uri.lower():
+                found.append(f"load_balancer group {entry['group']}")
+        if any(name.startswith("load_balancer") for name in found):
+            self.balancer.set_enabled(uri, enabled)
+        if not found:
+            raise KeyError(f"no destination {uri}")
+        log.info("{uri} {what} by the operator in {where}", uri=uri,
+                 what="enabled" if enabled else "disabled", where=", ".join(found))  # fmt: skip
+        return found
+
+    # -- the tables, as ``opensipsctl dispatcher addgw/rmgw`` and INSERT/DELETE did ------
+
+    async def add_dispatcher(self, setid: int, uri: str, *, state: int = 0, weight: int = 1,
+                             priority: int = 0, attrs: str = "", description: str = "",
+                             seed: bool = False) -> dict[str, Any]:  # fmt: skip
+        """INSERT a ``dispatcher`` row (``opensipsctl dispatcher addgw``), then reload.
+
+        ``seed`` first copies the config file's list into an empty table (see
+        :meth:`_insert`).
+        """
+        new = DispatcherRow(id=0, setid=setid, destination=uri, state=state, weight=weight,
+                            priority=priority, attrs=attrs, description=description)  # fmt: skip
+        return await self._insert("dispatcher", new, seed)
+
+    async def add_load_balancer(self, group_id: int, uri: str, resources: str, *,
+                                probe_mode: int = 2, description: str = "",
+                                seed: bool = False) -> dict[str, Any]:  # fmt: skip
+        """INSERT a ``load_balancer`` row (what the reference deployment typed in mysql), then reload."""
+        new = LoadBalancerRow(id=0, group_id=group_id, dst_uri=uri, resources=resources,
+                              probe_mode=probe_mode, description=description)  # fmt: skip
+        return await self._insert("load_balancer", new, seed)
+
+    async def remove_dispatcher(self, setid: int, uri: str) -> dict[str, Any]:
+        """DELETE a ``dispatcher`` row by set and URI (``opensipsctl dispatcher rmgw``), then reload."""
+        return await self._delete("dispatcher", "setid", "destination", setid, uri)
+
+    async def remove_load_balancer(self, group_id: int, uri: str) -> dict[str, Any]:
+        """DELETE a ``load_balancer`` row by group and URI, then reload; calls up keep their unit."""
+        return await self._delete("load_balancer", "group_id", "dst_uri", group_id, uri)
+
+    def _database(self) -> Database:
+        if self.database is None:
+            raise RuntimeError("no database: destinations come from the config file only")
+        return self.database
+
+    async def _insert(self, table: str, new: Any, seed: bool) -> dict[str, Any]:
+        """Check the row against the table it joins, INSERT it, reload.
+
+        The whole new table is checked the way a reload would check it (URI,
+        resources, duplicates), so a typo is refused here instead of making
+        every later reload fail. A module still on the config file's list
+        (empty table) is refused unless ``seed``: the first row would
+        otherwise replace the whole list, since a table with rows wins.
+        """
+        database = self._database()
+        reader, module_type, config_rows = {
+            "dispatcher": (database.dispatcher_rows, Dispatcher,
+                           self.config.dispatcher.destination),
+            "load_balancer": (database.load_balancer_rows, LoadBalancer,
+                              self.config.load_balancer.destination),
+        }[table]  # fmt: skip
+        rows: list[Any] = list(await reader())
+        seeded: Sequence[Any] = ()
+        if not rows and config_rows:
+            if not seed:
+                raise ValueError(
+                    f"the {table} table is empty, so its destinations come from the config file"
+                    f" ({len(config_rows)} of them); a first row would replace them all. Pass"
+                    " seed (sipha-ctl: --seed-from-config) to copy them into the table first,"
+                    " or list the destinations in the config file and restart")
+            seeded = config_rows
+        candidate = [*rows, *seeded, new]
+        try:
+            module_type(candidate)
+        except ValueError as error:
+            raise ValueError(f"{table} row refused: {error}") from None
+        columns = _COLUMNS[table]
+        values = [tuple(_column(row, c) for c in columns) for row in (*seeded, new)]
+        statement = database.sql(f"INSERT INTO {table} ({', '.join(columns)})"
+                                 f" VALUES ({', '.join('?' * len(columns))})")  # fmt: skip
+        await database.pool.runInteraction(lambda cursor: cursor.executemany(statement, values))
+        log.info("{table}: {uri} added by the operator{seeded}", table=table,
+                 uri=_column(new, columns[1]),
+                 seeded=f" after the {len(seeded)} rows of the config file" if seeded else "")  # fmt: skip
+        return {"inserted": len(values), "sources": await self.reload()}
+
+    async def _delete(self, table: str, key: str, uri_column: str, key_value: int,
+                      uri: str) -> dict[str, Any]:  # fmt: skip
+        database = self._database()
+        statement = database.sql(
+            f"DELETE FROM {table} WHERE {key} = ? AND LOWER({uri_column}) = LOWER(?)")
+
+        def delete(cursor: Any) -> int:
+            cursor.execute(statement, (key_value, uri))
+            return int(cursor.rowcount)
+
+        deleted = await database.pool.runInteraction(delete)
+        if not deleted:
+            where = "the config file: edit it and restart" if self.sources[table] == "config" \
+                else "the table"  # fmt: skip
+            raise KeyError(f"no {table} row {key} = {key_value}, {uri_column} = {uri}"
+                           f" ({table} destinations come from {where})")  # fmt: skip
+        log.info("{table}: {uri} removed by the operator", table=table, uri=uri)
+        return {"deleted": deleted, "sources": await self.reload()}
+
+    # -- dialogs -------------------------------------------------------------------------
+
+    def end_dialog(self, call_id: str) -> int:
+        """End an answered call: BYE to both ends, its load-balancer unit released.
+
+        OpenSIPS's ``dlg_end_dlg``. Returns the number of dialogs ended;
+        KeyError when no dialog has this Call-ID, ValueError when its dialog
+        is not answered yet (that call is the caller's to CANCEL).
+        """
+        if self.core is None:
+            raise RuntimeError("the proxy is not running")
+        found = [d for d in self.dialogs if d.call_id == call_id]
+        if not found:
+            raise KeyError(f"no dialog with Call-ID {call_id}")
+        answered = [d for d in found if d.state >= DialogState.CONFIRMED_NA]
+        if not answered:
+            raise ValueError(f"dialog {call_id} is not answered yet: only calls that are up end")
+        for dialog in answered:
+            for request in dialog_byes(dialog):
+                self.core.send_request(request, None, _ByeOutcome(call_id))
+            self.dialogs.end(dialog, "ended")
+            log.info("dialog {call_id} ended by the operator: BYE sent both ways",
+                     call_id=call_id)  # fmt: skip
+        return len(answered)
+
+
+_COLUMNS = {
+    "dispatcher": ("setid", "destination", "state", "weight", "priority", "attrs", "description"),
+    "load_balancer": ("group_id", "dst_uri", "resources", "probe_mode", "description"),
+}
+
+
+def _column(row: Any, name: str) -> Any:
+    """A value to INSERT; the dispatcher weight is text in the table (OpenSIPS 2.4+)."""
+    value = getattr(row, name)
+    return str(value) if name == "weight" else value
+
+
+class _ByeOutcome:
+    """The user of a BYE sipha sends itself: only a failure is worth a log line."""
+
+    __slots__ = ("call_id",)
+
+    def __init__(self, call_id: str):
+        self.call_id = call_id
+
+    def on_response(self, transaction: ClientTransaction, response: Response) -> None:
+        if response.status >= 300:
+            log.warn("BYE of dialog {call_id} answered {status}", call_id=self.call_id,
+                     status=response.status)  # fmt: skip
+
+    def on_timeout(self, transaction: ClientTransaction) -> None:
+        log.warn("BYE of dialog {call_id} to {peer} not answered", call_id=self.call_id,
+                 peer=transaction.peer)  # fmt: skip

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 from sipha.uri import (
     URIError,
-    name_addr_tag,
     _split_params,
     format_host_port,
     format_params,
+    name_addr_tag,
     parse_name_addr,
     split_comma_list,
     split_host_port,

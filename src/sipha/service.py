@@ -102,6 +102,10 @@ class SIPService(service.MultiService):
                 prober = Prober(name, self.core, module, interval=interval, method=method,
                                 from_uri=from_uri)  # fmt: skip
                 prober.service(self.reactor).setServiceParent(self)
+        # Operations: Manhole, control socket, /metrics, as configured (sipha.operations).
+        from sipha.operations import add_operations
+
+        add_operations(self)
         super().startService()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, self._on_sighup)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from twisted.python import usage
 
 from sipha.config import Config, ConfigError, ConfigFileError, load_config
+from sipha.logs import use_json_logs
+from sipha.operations import check as check_operations
 
 if TYPE_CHECKING:
     from twisted.application.service import IService
@@ -63,9 +65,13 @@ class Options(usage.Options):
                 raise SystemExit(f"sipha: --db-url: {e.problem}") from None
         try:
             config.route.load_function()
+            check_operations(config)
         except ConfigError as e:
             raise SystemExit(f"sipha: {path}: {e}") from None
         self.config = config
+        if config.log.format == "json":
+            # twistd reads its ``logger`` option after this returns (sipha.logs).
+            use_json_logs(getattr(self, "parent", None))
         if self["check-config"]:
             print(f"config OK: {path}")
             raise SystemExit(0)

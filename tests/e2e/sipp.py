@@ -701,6 +701,8 @@ def sipha_config(
         "proxy": {"listen": list(listen)},
         "timers": {"fr_timer": fr_timer},
         "database": {"url": f"sqlite:///{directory / 'sipha.sqlite'}"},
+        # Its own control socket: several sipha processes may run at once.
+        "control": {"socket": str(directory / "control.sock")},
     }
     for name, values in (sections or {}).items():
         tables.setdefault(name, {}).update(values)
