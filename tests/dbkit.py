@@ -10,19 +10,40 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
 MARIADB = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 
 
-def mariadb_connect(database: str | None = None):  # type: ignore[no-untyped-def]
+def mariadb_connect(database: str | None = None, **server: Any):  # type: ignore[no-untyped-def]
+    """A connection to the shared MariaDB, or to the server ``server`` names (host, port...)."""
     import MySQLdb
 
+    where = MARIADB | server
     try:
-        return MySQLdb.connect(**MARIADB, **({"database": database} if database else {}))
+        return MySQLdb.connect(**where, **({"database": database} if database else {}))
     except MySQLdb.OperationalError as error:
-        pytest.fail(f"MariaDB must answer on 127.0.0.1:3306 (run ./run-tests): {error}")
+        address = f"{where['host']}:{where['port']}"
+        hint = " (run ./run-tests)" if address == "127.0.0.1:3306" else ""
+        pytest.fail(f"MariaDB must answer on {address}{hint}: {error}")
+
+
+def _url_connect(url: str):  # type: ignore[no-untyped-def]
+    """A connection to the database of a ``mysql://`` URL, wherever its server listens.
+
+    A test may run a MariaDB of its own on another port (the outage tests).
+    """
+    parts = urlsplit(url)
+    server = {
+        "host": parts.hostname or MARIADB["host"],
+        "port": parts.port or MARIADB["port"],
+        "user": unquote(parts.username or MARIADB["user"]),
+        "password": unquote(parts.password or ""),
+    }
+    return mariadb_connect(parts.path.lstrip("/"), **server)
 
 
 @contextmanager
@@ -47,7 +68,7 @@ def execute(url: str, *statements: str) -> None:
             for statement in statements:
                 connection.execute(statement)
         return
-    connection = mariadb_connect(url.rsplit("/", 1)[1])
+    connection = _url_connect(url)
     cursor = connection.cursor()
     for statement in statements:
         cursor.execute(statement)
@@ -65,7 +86,7 @@ def query(url: str, statement: str) -> list[tuple]:  # type: ignore[type-arg]
             return connection.execute(statement).fetchall()
         finally:
             connection.close()
-    connection = mariadb_connect(url.rsplit("/", 1)[1])
+    connection = _url_connect(url)
     try:
         cursor = connection.cursor()
         cursor.execute(statement)
