@@ -31,6 +31,7 @@ from sipha.message import Request, Response
 from sipha.uri import URIError, parse_name_addr, parse_uri
 
 HASH_SIZE = 4096
+ORPHAN_BYES_KEPT = 10000
 
 
 class DialogState(enum.IntEnum):
@@ -136,6 +137,9 @@ class Dialogs:
         self._next_id: dict[int, int] = {}
         self._by_id: dict[tuple[int, int], Dialog] = {}
         self._by_key: dict[tuple[str, str], Dialog] = {}
+        # Call-IDs of recent BYEs that matched no dialog: after a restart or a
+        # takeover, a BYE can pass before its dialog is read back.
+        self._orphan_byes: dict[str, None] = {}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -273,16 +277,27 @@ class Dialogs:
         if self.on_end is not None:
             self.on_end(dialog, reason)
 
+    def orphan_bye(self, request: Request) -> None:
+        """Remember a BYE that matched no dialog, in case its dialog is restored later."""
+        self._orphan_byes[request.call_id] = None
+        if len(self._orphan_byes) > ORPHAN_BYES_KEPT:
+            del self._orphan_byes[next(iter(self._orphan_byes))]
+
     def restore(self, dialog: Dialog) -> None:
         """A confirmed dialog read back from the store (start-up, takeover).
 
         Its remaining lifetime runs from its stored ``timeout_at``; one already
         past expires at the next clock tick. The caller re-binds its
-        load-balancer allocation first.
+        load-balancer allocation first. A dialog whose BYE already went through
+        is ended at once, so neither its row nor its unit outlives the call.
         """
         if (dialog.h_entry, dialog.h_id) in self._by_id:
             return
         self._add(dialog)
+        if dialog.call_id in self._orphan_byes:
+            del self._orphan_byes[dialog.call_id]
+            self.end(dialog, "bye")
+            return
         self._next_id[dialog.h_entry] = max(self._next_id.get(dialog.h_entry, 0), dialog.h_id + 1)
         self._arm(dialog, dialog.timeout_at)
 

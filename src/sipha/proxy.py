@@ -196,6 +196,8 @@ class ProxyCore:
             dialog = self.dialogs.match(request, did)
             if dialog is not None:
                 self.dialogs.in_dialog(dialog, request)
+            elif request.method == "BYE":
+                self.dialogs.orphan_bye(request)
         if request.method == "ACK":
             self._forward_ack(request, decision, loop_key)
         elif request.method == "CANCEL":

@@ -157,3 +157,16 @@ def test_record_route_carries_the_did_and_an_expired_call_gets_bye_both_ways():
     assert byes[5062].from_tag == "uas-1"
     assert byes[5062].to_tag == "from-1"
     assert core.helpers.balancer.load("sip:127.0.0.1:5071") == {"pstn": 0}
+
+
+def test_a_bye_relayed_before_its_dialog_is_restored_ends_it_on_restore():
+    dialogs, dialog, request, binding, _, ended = new_dialog()
+    dialogs.answered(dialog, parsed(reply(request, 200)))
+    dialogs.end(dialog, "ended")  # as if this process had just started: no live dialog
+    binding.released = 0
+    dialogs.orphan_bye(parsed(invite(method="BYE", to_tag="uas-1", cseq=2)))
+    dialog.state = DialogState.CONFIRMED
+    dialogs.restore(dialog)
+    assert binding.released == 1
+    assert len(dialogs) == 0
+    assert ended[-1] == "bye"
