@@ -228,6 +228,11 @@ class DialogStore:
             "out_of_sync": self._out_of_sync,
         }
 
+    def pending(self, dialog: Dialog) -> bool:
+        """Is a write of this dialog queued or in flight (so the table may lag behind)?"""
+        key = (dialog.h_entry, dialog.h_id)
+        return key in self._queue or any(entry[0] == key for entry in self._in_flight or ())
+
     # -- DialogObserver -------------------------------------------------------------------
 
     def changed(self, dialog: Dialog) -> None:
