@@ -10,14 +10,14 @@ from twisted.internet import reactor
 
 sys.path.insert(0, str(Path(__file__).parent / "unit"))
 
-from proxykit import CALLER, CONFIG, UDP_IN, Wire, invite, reply  # noqa: E402
+from proxykit import CALLER, CONFIG, UDP_IN, Wire, invite, reply
 
-from sipha.config import parse_config  # noqa: E402
-from sipha.control import Control  # noqa: E402
-from sipha.dialog_store import REALTIME, DialogStore  # noqa: E402
-from sipha.service import build_core, build_modules  # noqa: E402
-from sipha.store import Database  # noqa: E402
-from sipha.transaction import Peer  # noqa: E402
+from sipha.config import parse_config
+from sipha.control import Control
+from sipha.dialog_store import REALTIME, DialogStore
+from sipha.service import build_core, build_modules
+from sipha.store import Database
+from sipha.transaction import Peer
 
 FS1 = Peer("udp", "127.0.0.1", 5071)
 
