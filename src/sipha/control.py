@@ -14,13 +14,14 @@ reload); the config lists are the bootstrap for a node without a database.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sipha.balancer import LoadBalancer
 from sipha.config import Config
 from sipha.dialog import Dialogs, DialogState
-from sipha.dialog_store import DialogStore
+from sipha.dialog_store import NO_DB, REALTIME, DialogStore
 from sipha.dispatcher import Dispatcher
 from sipha.logs import Log
 from sipha.proxy import dialog_byes
@@ -77,12 +78,22 @@ class Control:
 
         Each dialog not already live is rebuilt with its remaining lifetime and
         takes its load-balancer unit again, so counters match the calls in
-        progress. Returns how many dialogs were restored.
+        progress. Where the table is kept current (db_mode 1) it is the truth:
+        a live dialog whose row is gone, with no write of ours pending, ended
+        on the other node, and is dropped here with its unit. Returns how many dialogs were restored.
         """
-        if self.store is None:
+        if self.store is None or self.store.mode == NO_DB:
             return 0
+        rows = await self.store.load(self.dialogs.clock.seconds())
+        if self.store.mode == REALTIME:
+            in_table = {(d.h_entry, d.h_id) for d in rows}
+            for dialog in self.dialogs:
+                answered = dialog.state >= DialogState.CONFIRMED_NA
+                stale = (dialog.h_entry, dialog.h_id) not in in_table
+                if answered and stale and not self.store.pending(dialog):
+                    self.dialogs.end(dialog, "ended")
         restored = 0
-        for dialog in await self.store.load(self.dialogs.clock.seconds()):
+        for dialog in rows:
             if self.dialogs.match_id(dialog.h_entry, dialog.h_id) is not None:
                 continue
             if dialog.lb_group is not None and dialog.destination:
@@ -199,6 +210,9 @@ class Control:
                     " seed (sipha-ctl: --seed-from-config) to copy them into the table first,"
                     " or list the destinations in the config file and restart")
             seeded = config_rows
+        # The id the database will most likely give it, for the error messages.
+        new = dataclasses.replace(new, id=1 + max((getattr(r, "id", 0) or 0 for r in rows),
+                                                  default=len(seeded)))  # fmt: skip
         candidate = [*rows, *seeded, new]
         try:
             module_type(candidate)

@@ -59,6 +59,11 @@ def set_level(name: str) -> None:
 # -- JSON lines ------------------------------------------------------------------------------
 
 
+_JSON_TYPES = (str, int, float, bool, type(None), list, tuple, dict)
+_KEEP = frozenset(("log_level", "log_failure"))  # twisted.logger serializes these itself
+_DROP = frozenset(("log_logger", "log_source"))  # the emitting objects: nothing to read
+
+
 @implementer(ILogObserver)
 class JSONLinesObserver:
     """One JSON object per line: twisted.logger's own JSON, plus the rendered message.
@@ -76,8 +81,11 @@ class JSONLinesObserver:
         self._json = jsonFileLogObserver(out, recordSeparator="")
 
     def __call__(self, event: LogEvent) -> None:
-        event = dict(event)
-        event["text"] = formatEvent(event)
+        text = formatEvent(event)
+        # Objects JSON cannot hold become their text, not Twisted's {"unpersistable": true}.
+        event = {key: value if key in _KEEP or isinstance(value, _JSON_TYPES) else str(value)
+                 for key, value in event.items() if key not in _DROP}  # fmt: skip
+        event["text"] = text
         level = event.get("log_level")
         event["level"] = level.name if level is not None else "info"
         moment = datetime.fromtimestamp(event.get("log_time") or 0, UTC)

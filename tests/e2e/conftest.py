@@ -133,3 +133,19 @@ def media_server(
 def sipp_caller(tmp_path: Path) -> Callable[..., sipp.SippResult]:
     """sipp.run_caller with its trace files in the test's directory."""
     return functools.partial(sipp.run_caller, workdir=tmp_path)
+
+
+@pytest.fixture
+def background_caller(tmp_path: Path) -> Iterator[Callable[..., sipp.Caller]]:
+    """sipp.start_caller with its trace files in the test's directory; stopped at teardown."""
+    callers: list[sipp.Caller] = []
+
+    def start(*args: object, **kwargs: object) -> sipp.Caller:
+        caller = sipp.start_caller(*args, workdir=tmp_path, **kwargs)  # type: ignore[arg-type]
+        callers.append(caller)
+        return caller
+
+    yield start
+
+    for caller in callers:
+        caller.stop()

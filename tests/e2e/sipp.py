@@ -305,6 +305,91 @@ def run_caller(
     ``check=False`` when failures are the point and inspect the result.
     """
     __tracebackhide__ = True
+    caller = start_caller(
+        scenario, target, calls=calls, rate=rate, limit=limit, transport=transport,
+        hold_ms=hold_ms, local_port=local_port, timeout=timeout, recv_timeout=recv_timeout,
+        service=service, trace_msg=trace_msg, workdir=workdir, extra=extra,
+    )  # fmt: skip
+    return caller.wait(check=check)
+
+
+class Caller:
+    """A sipp caller running in the background (see :func:`start_caller`)."""
+
+    def __init__(
+        self, command: list[str], files: _SippFiles, directory: Path, calls: int, timeout: float
+    ) -> None:
+        self.command = command
+        self.files = files
+        self.calls = calls
+        self.timeout = timeout
+        self.name = Path(command[3]).name
+        with files.stdout.open("wb") as out, files.stderr.open("wb") as err:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=directory
+            )
+        self.result: SippResult | None = None
+
+    @property
+    def stats(self) -> dict[str, str]:
+        """The latest statistics row sipp has dumped (every second)."""
+        return read_stats(self.files.stats)
+
+    def wait(self, *, check: bool = True) -> SippResult:
+        """Wait for sipp to finish; with ``check`` any failed call fails the test."""
+        __tracebackhide__ = True
+        if self.result is not None:
+            return self.result
+        try:
+            # sipp enforces -timeout itself; this only catches a wedged sipp.
+            returncode = self.process.wait(timeout=self.timeout + 15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            returncode = self.process.returncode
+            killed = True
+        else:
+            killed = False
+        files = self.files
+        self.result = result = SippResult.collect(
+            returncode, log_tail(files.stdout, 1 << 20), log_tail(files.stderr), files,
+            self.command,
+        )  # fmt: skip
+        if killed:
+            pytest.fail(f"sipp ignored its own -timeout and was killed\n{result.describe()}")
+        if check and (returncode != 0 or result.failed or result.successful < self.calls):
+            pytest.fail(f"sipp caller {self.name} failed\n{result.describe()}")
+        return result
+
+    def stop(self) -> None:
+        """Stop sipp by its PID if it still runs (teardown of a failed test)."""
+        if self.process.poll() is None:
+            _terminate(self.process, _STOP_GRACE)
+
+
+def start_caller(
+    scenario: str | Path,
+    target: str = "127.0.0.1:5060",
+    *,
+    calls: int = 1,
+    rate: float = 10,
+    limit: int | None = None,
+    transport: str = "u1",
+    hold_ms: int = 0,
+    local_port: int | None = None,
+    timeout: float = 60,
+    recv_timeout: float = 10,
+    service: str = "1000",
+    trace_msg: bool = False,
+    workdir: Path | None = None,
+    extra: Sequence[str] = (),
+) -> Caller:
+    """Start a sipp caller as :func:`run_caller` does, without waiting for it.
+
+    For tests that look at sipha while calls are up (held with ``hold_ms``);
+    :meth:`Caller.wait` collects the result.
+    """
+    __tracebackhide__ = True
     binary = sipp_binary()
     path = scenario_path(scenario)
     host, _ = split_hostport(target)
@@ -341,29 +426,7 @@ def run_caller(
     if limit is not None:
         command += ["-l", str(limit)]
     command += list(extra)
-
-    with files.stdout.open("wb") as out, files.stderr.open("wb") as err:
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=directory
-        )
-        try:
-            # sipp enforces -timeout itself; this only catches a wedged sipp.
-            returncode = process.wait(timeout=timeout + 15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            returncode = process.returncode
-            killed = True
-        else:
-            killed = False
-    result = SippResult.collect(
-        returncode, log_tail(files.stdout, 1 << 20), log_tail(files.stderr), files, command
-    )
-    if killed:
-        pytest.fail(f"sipp ignored its own -timeout and was killed\n{result.describe()}")
-    if check and (returncode != 0 or result.failed or result.successful < calls):
-        pytest.fail(f"sipp caller {path.name} failed\n{result.describe()}")
-    return result
+    return Caller(command, files, directory, calls, timeout)
 
 
 # --------------------------------------------------------------------------- media servers
