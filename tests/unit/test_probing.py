@@ -50,7 +50,7 @@ def test_each_round_probes_every_target_and_reports_replies_and_timeouts():
 
 
 def test_a_destination_with_a_probe_in_flight_is_not_probed_again():
-    core, clock, wire = make_proxy()
+    core, _, wire = make_proxy()
     module = Module(["sip:127.0.0.1:5071"])
     prober = Prober("lb", core, module, interval=1, timeout=10)
     assert prober.timeout == 1  # never longer than the interval
