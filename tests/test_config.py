@@ -94,8 +94,12 @@ def test_defaults() -> None:
     assert config.proxy.udp_receive_buffer == 8388608
     timers = config.timers
     assert (timers.fr_timer, timers.fr_inv_timer, timers.t1, timers.t2, timers.t4) == (
-        2.0, 30.0, 0.5, 4.0, 5.0,
-    )  # fmt: skip
+        2.0,
+        30.0,
+        0.5,
+        4.0,
+        5.0,
+    )
     assert config.log.level == "info"
     assert config.database.url == "sqlite:///sipha.sqlite"
     assert config.database.resolved_url == "sqlite:////etc/sipha/sipha.sqlite"
@@ -135,90 +139,150 @@ def test_config_is_frozen() -> None:
         ("[proxy]\nmax_forwards = true\n", "proxy.max_forwards: expected an integer, got boolean"),
         ('[proxy]\nlisten = "udp:127.0.0.1:5060"\n', "proxy.listen: expected an array, got string"),
         ("proxy = 1\n", "proxy: expected a table, got integer"),
-        ("[dispatcher]\ndestination = [1]\n", "dispatcher.destination[0]: expected a table, got integer"),
+        (
+            "[dispatcher]\ndestination = [1]\n",
+            "dispatcher.destination[0]: expected a table, got integer",
+        ),
         # out of range
         ("[proxy]\nmax_forwards = 0\n", "proxy.max_forwards: must be between 1 and 256, got 0"),
-        ("[proxy]\nmax_message_size = 70000\n",
-         "proxy.max_message_size: must be between 1024 and 65535, got 70000"),
-        ("[proxy]\nudp_receive_buffer = 4096\n",
-         "proxy.udp_receive_buffer: must be >= 65536, got 4096"),
+        (
+            "[proxy]\nmax_message_size = 70000\n",
+            "proxy.max_message_size: must be between 1024 and 65535, got 70000",
+        ),
+        (
+            "[proxy]\nudp_receive_buffer = 4096\n",
+            "proxy.udp_receive_buffer: must be >= 65536, got 4096",
+        ),
         ("[timers]\nt1 = 0\n", "timers.t1: must be > 0, got 0"),
         ("[timers]\nt1 = inf\n", "timers.t1: must be a finite number, got inf"),
         ("[timers]\nt1 = 5\n", "timers.t2: must be >= t1 (5.0), got 4.0"),
         ("[dispatcher]\nping_interval = -1\n", "dispatcher.ping_interval: must be >= 0, got -1"),
-        ("[dispatcher]\nprobing_mode = 2\n", "dispatcher.probing_mode: must be between 0 and 1, got 2"),
-        ("[dispatcher]\nreply_codes = [200, 700]\n",
-         "dispatcher.reply_codes[1]: must be between 100 and 699, got 700"),
+        (
+            "[dispatcher]\nprobing_mode = 2\n",
+            "dispatcher.probing_mode: must be between 0 and 1, got 2",
+        ),
+        (
+            "[dispatcher]\nreply_codes = [200, 700]\n",
+            "dispatcher.reply_codes[1]: must be between 100 and 699, got 700",
+        ),
         ("[dispatcher]\nreply_codes = []\n", "dispatcher.reply_codes: must not be empty"),
         ("[route]\nds_algorithm = 14\n", "route.ds_algorithm: must be between 0 and 13, got 14"),
-        ('[log]\nlevel = "verbose"\n',
-         "log.level: must be one of 'debug', 'info', 'warn', 'error'; got 'verbose'"),
-        ('[route]\nlb_algorithm = "1"\n',
-         "route.lb_algorithm: must be one of 'relative', 'absolute'; got '1'"),
+        (
+            '[log]\nlevel = "verbose"\n',
+            "log.level: must be one of 'debug', 'info', 'warn', 'error'; got 'verbose'",
+        ),
+        (
+            '[route]\nlb_algorithm = "1"\n',
+            "route.lb_algorithm: must be one of 'relative', 'absolute'; got '1'",
+        ),
         # addresses
-        ('[proxy]\nlisten = ["udp:127.0.0.1:5060", "udp:127.0.0.1:99999"]\n',
-         "proxy.listen[1]: 'udp:127.0.0.1:99999' is not an address: port out of range"),
-        ('[proxy]\nlisten = ["udp:[::1]:0"]\n',
-         "proxy.listen[0]: 'udp:[::1]:0' is not an address: port out of range"),
-        ('[proxy]\nlisten = ["udp:::1:5060"]\n',
-         "proxy.listen[0]: 'udp:::1:5060' is not an address: "
-         "an IPv6 host goes in brackets, e.g. udp:[::1]:5060"),
-        ('[proxy]\nlisten = ["udp:[::g]:5060"]\n',
-         "proxy.listen[0]: 'udp:[::g]:5060' is not an address: host '::g' is not an IP literal"),
-        ('[proxy]\nlisten = ["udp:localhost:5060"]\n',
-         "proxy.listen[0]: 'udp:localhost:5060' is not an address: "
-         "host 'localhost' is not an IP literal"),
-        ('[proxy]\nlisten = ["tls:127.0.0.1:5061"]\n',
-         "proxy.listen[0]: 'tls:127.0.0.1:5061' is not an address: "
-         "unknown transport 'tls' (udp or tcp)"),
-        ('[proxy]\nlisten = ["udp:127.0.0.1"]\n',
-         "proxy.listen[0]: 'udp:127.0.0.1' is not an address: missing port"),
-        ('[proxy]\nlisten = ["tcp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]\n',
-         "proxy.listen[1]: 'tcp:127.0.0.1:5060' is listed twice"),
+        (
+            '[proxy]\nlisten = ["udp:127.0.0.1:5060", "udp:127.0.0.1:99999"]\n',
+            "proxy.listen[1]: 'udp:127.0.0.1:99999' is not an address: port out of range",
+        ),
+        (
+            '[proxy]\nlisten = ["udp:[::1]:0"]\n',
+            "proxy.listen[0]: 'udp:[::1]:0' is not an address: port out of range",
+        ),
+        (
+            '[proxy]\nlisten = ["udp:::1:5060"]\n',
+            "proxy.listen[0]: 'udp:::1:5060' is not an address: "
+            "an IPv6 host goes in brackets, e.g. udp:[::1]:5060",
+        ),
+        (
+            '[proxy]\nlisten = ["udp:[::g]:5060"]\n',
+            "proxy.listen[0]: 'udp:[::g]:5060' is not an address: host '::g' is not an IP literal",
+        ),
+        (
+            '[proxy]\nlisten = ["udp:localhost:5060"]\n',
+            "proxy.listen[0]: 'udp:localhost:5060' is not an address: "
+            "host 'localhost' is not an IP literal",
+        ),
+        (
+            '[proxy]\nlisten = ["tls:127.0.0.1:5061"]\n',
+            "proxy.listen[0]: 'tls:127.0.0.1:5061' is not an address: "
+            "unknown transport 'tls' (udp or tcp)",
+        ),
+        (
+            '[proxy]\nlisten = ["udp:127.0.0.1"]\n',
+            "proxy.listen[0]: 'udp:127.0.0.1' is not an address: missing port",
+        ),
+        (
+            '[proxy]\nlisten = ["tcp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]\n',
+            "proxy.listen[1]: 'tcp:127.0.0.1:5060' is listed twice",
+        ),
         ("[proxy]\nlisten = []\n", "proxy.listen: must not be empty"),
         # SIP URIs
-        ('[dispatcher]\nping_from = "dispatcher@localhost"\n',
-         "dispatcher.ping_from: 'dispatcher@localhost' is not a SIP URI: "
-         "must start with sip: or sips:"),
-        ('[[dispatcher.destination]]\nsetid = 1\ndestination = "sip:user@"\n',
-         "dispatcher.destination[0].destination: 'sip:user@' is not a SIP URI: no host part"),
+        (
+            '[dispatcher]\nping_from = "dispatcher@localhost"\n',
+            "dispatcher.ping_from: 'dispatcher@localhost' is not a SIP URI: "
+            "must start with sip: or sips:",
+        ),
+        (
+            '[[dispatcher.destination]]\nsetid = 1\ndestination = "sip:user@"\n',
+            "dispatcher.destination[0].destination: 'sip:user@' is not a SIP URI: no host part",
+        ),
         # missing required destination fields
-        ("[[load_balancer.destination]]\n" + LB_DEST + "[[load_balancer.destination]]\n" + LB_DEST
-         + '[[load_balancer.destination]]\ngroup_id = 1\nresources = "pstn=32"\n',
-         "load_balancer.destination[2].dst_uri: missing"),
-        ('[[dispatcher.destination]]\ndestination = "sip:a"\n',
-         "dispatcher.destination[0].setid: missing"),
+        (
+            "[[load_balancer.destination]]\n"
+            + LB_DEST
+            + "[[load_balancer.destination]]\n"
+            + LB_DEST
+            + '[[load_balancer.destination]]\ngroup_id = 1\nresources = "pstn=32"\n',
+            "load_balancer.destination[2].dst_uri: missing",
+        ),
+        (
+            '[[dispatcher.destination]]\ndestination = "sip:a"\n',
+            "dispatcher.destination[0].setid: missing",
+        ),
         # resources syntax
-        ('[[load_balancer.destination]]\ngroup_id = 1\ndst_uri = "sip:a"\nresources = "pstn:32"\n',
-         "load_balancer.destination[0].resources: 'pstn:32' is not a resource list: "
-         "'pstn:32' has no '=' and capacity"),
-        ('[[load_balancer.destination]]\ngroup_id = 1\ndst_uri = "sip:a"\nresources = "pstn=-1"\n',
-         "load_balancer.destination[0].resources: 'pstn=-1' is not a resource list: "
-         "capacity of 'pstn' is not an unsigned integer"),
-        ('[[load_balancer.destination]]\ngroup_id = 1\ndst_uri = "sip:a"\n'
-         'resources = "pstn=1;;transc=2"\n',
-         "load_balancer.destination[0].resources: 'pstn=1;;transc=2' is not a resource list: "
-         "empty entry between ';'"),
+        (
+            '[[load_balancer.destination]]\ngroup_id = 1\ndst_uri = "sip:a"\nresources = "pstn:32"\n',
+            "load_balancer.destination[0].resources: 'pstn:32' is not a resource list: "
+            "'pstn:32' has no '=' and capacity",
+        ),
+        (
+            '[[load_balancer.destination]]\ngroup_id = 1\ndst_uri = "sip:a"\nresources = "pstn=-1"\n',
+            "load_balancer.destination[0].resources: 'pstn=-1' is not a resource list: "
+            "capacity of 'pstn' is not an unsigned integer",
+        ),
+        (
+            '[[load_balancer.destination]]\ngroup_id = 1\ndst_uri = "sip:a"\n'
+            'resources = "pstn=1;;transc=2"\n',
+            "load_balancer.destination[0].resources: 'pstn=1;;transc=2' is not a resource list: "
+            "empty entry between ';'",
+        ),
         # other syntaxes
-        ('[database]\nurl = "postgresql://db/sipha"\n',
-         "database.url: 'postgresql://db/sipha' is not a database URL: "
-         "unsupported scheme 'postgresql' (sqlite or mysql)"),
-        ('[route]\nfunction = "myroute.route"\n',
-         "route.function: 'myroute.route' is not a route function: "
-         "expected 'package.module:function'"),
-        ('[dispatcher]\nping_method = "options"\n',
-         "dispatcher.ping_method: 'options' is not a SIP method: "
-         "expected upper-case letters, e.g. OPTIONS"),
+        (
+            '[database]\nurl = "postgresql://db/sipha"\n',
+            "database.url: 'postgresql://db/sipha' is not a database URL: "
+            "unsupported scheme 'postgresql' (sqlite or mysql)",
+        ),
+        (
+            '[route]\nfunction = "myroute.route"\n',
+            "route.function: 'myroute.route' is not a route function: "
+            "expected 'package.module:function'",
+        ),
+        (
+            '[dispatcher]\nping_method = "options"\n',
+            "dispatcher.ping_method: 'options' is not a SIP method: "
+            "expected upper-case letters, e.g. OPTIONS",
+        ),
     ],
-)  # fmt: skip
+)
 def test_error_is_one_line_naming_the_key(text: str, message: str) -> None:
     assert error_of(text) == message
 
 
 def test_toml_syntax_error_names_file_and_line() -> None:
     with pytest.raises(ConfigFileError) as info:
-        parse_config('[proxy]\nmax_forwards = 10\nlisten = ["udp:127.0.0.1:5060",]]\n', "etc/x.toml")
-    assert str(info.value) == "etc/x.toml:3:33: invalid TOML: expected newline or end of document after a statement"
+        parse_config(
+            '[proxy]\nmax_forwards = 10\nlisten = ["udp:127.0.0.1:5060",]]\n', "etc/x.toml"
+        )
+    assert (
+        str(info.value)
+        == "etc/x.toml:3:33: invalid TOML: expected newline or end of document after a statement"
+    )
 
 
 def test_toml_error_at_end_of_file_names_the_last_line() -> None:
@@ -249,7 +313,9 @@ def test_problem_with_newlines_still_one_line() -> None:
 
 
 def test_ipv6_listen() -> None:
-    config = parse_config('[proxy]\nlisten = ["udp:[::1]:5060", "tcp:[0:0::1]:5061", "udp:127.0.0.1:5060"]\n')
+    config = parse_config(
+        '[proxy]\nlisten = ["udp:[::1]:5060", "tcp:[0:0::1]:5061", "udp:127.0.0.1:5060"]\n'
+    )
 
     v6, v6tcp, v4 = config.proxy.listen
     assert v6 == ListenAddress("udp", "::1", 5060)
@@ -276,7 +342,11 @@ def test_db_url_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     config = load_config(SAMPLE)
 
     mysql = config.with_db_url("mysql://sipha:secret@127.0.0.1:3306/sipha")
-    assert mysql.database.url == mysql.database.resolved_url == "mysql://sipha:secret@127.0.0.1:3306/sipha"
+    assert (
+        mysql.database.url
+        == mysql.database.resolved_url
+        == "mysql://sipha:secret@127.0.0.1:3306/sipha"
+    )
     assert mysql.database.sqlite_path is None
     assert mysql.proxy == config.proxy
     assert config.database.url == "sqlite:///../var/sipha.sqlite"  # the original is untouched
@@ -311,12 +381,17 @@ def test_route_function_loads() -> None:
 @pytest.mark.parametrize(
     ("ref", "message"),
     [
-        ("no_such_module_xyz:route",
-         "route.function: cannot import 'no_such_module_xyz': No module named 'no_such_module_xyz'"),
-        ("os.path:no_such_function", "route.function: 'os.path' has no attribute 'no_such_function'"),
+        (
+            "no_such_module_xyz:route",
+            "route.function: cannot import 'no_such_module_xyz': No module named 'no_such_module_xyz'",
+        ),
+        (
+            "os.path:no_such_function",
+            "route.function: 'os.path' has no attribute 'no_such_function'",
+        ),
         ("os:sep", "route.function: 'os:sep' is not callable"),
     ],
-)  # fmt: skip
+)
 def test_route_function_errors(ref: str, message: str) -> None:
     route = parse_config(f'[route]\nfunction = "{ref}"\n').route
     with pytest.raises(ConfigError) as info:
@@ -333,19 +408,29 @@ def test_resources_syntax() -> None:
 
 @pytest.mark.parametrize(
     "uri",
-    ["sip:127.0.0.1:5071", "sips:fs1.example.com", "sip:user@[::1]:5060;transport=tcp",
-     "SIP:alice@example.com?subject=x", "sip:+1;npdi@gw.example.com;user=phone"],
-)  # fmt: skip
+    [
+        "sip:127.0.0.1:5071",
+        "sips:fs1.example.com",
+        "sip:user@[::1]:5060;transport=tcp",
+        "SIP:alice@example.com?subject=x",
+        "sip:+1;npdi@gw.example.com;user=phone",
+    ],
+)
 def test_sip_uris_accepted(uri: str) -> None:
     check_sip_uri(uri)
 
 
 @pytest.mark.parametrize(
     ("uri", "reason"),
-    [("tel:+15551234", "must start with sip: or sips:"), ("sip:", "no host part"),
-     ("sip:user@host:x", "port 'x' is not a number"), ("sip:[::1", "missing ']'"),
-     ("sip:a b", "contains whitespace"), ("sip:host:70000", "port out of range")],
-)  # fmt: skip
+    [
+        ("tel:+15551234", "must start with sip: or sips:"),
+        ("sip:", "no host part"),
+        ("sip:user@host:x", "port 'x' is not a number"),
+        ("sip:[::1", "missing ']'"),
+        ("sip:a b", "contains whitespace"),
+        ("sip:host:70000", "port out of range"),
+    ],
+)
 def test_sip_uris_refused(uri: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         check_sip_uri(uri)

@@ -62,12 +62,16 @@ def test_check_config_takes_a_user_route(tmp_path: Path) -> None:
     ("text", "error"),
     [
         ("[proxy]\nlistne = []\n", "proxy.listne: unknown key"),
-        ('[proxy]\nlisten = ["udp:[::1]:99999"]\n',
-         "proxy.listen[0]: 'udp:[::1]:99999' is not an address: port out of range"),
-        ('[route]\nfunction = "no_such_module_xyz:route"\n',
-         "route.function: cannot import 'no_such_module_xyz': No module named 'no_such_module_xyz'"),
+        (
+            '[proxy]\nlisten = ["udp:[::1]:99999"]\n',
+            "proxy.listen[0]: 'udp:[::1]:99999' is not an address: port out of range",
+        ),
+        (
+            '[route]\nfunction = "no_such_module_xyz:route"\n',
+            "route.function: cannot import 'no_such_module_xyz': No module named 'no_such_module_xyz'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_config_is_one_line_on_stderr(tmp_path: Path, text: str, error: str) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(text)
@@ -88,7 +92,10 @@ def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
 def test_missing_config_file(tmp_path: Path) -> None:
     result = twistd("-n", "sipha", "--config", tmp_path / "nope.toml", cwd=tmp_path)
     assert result.returncode == 1
-    assert result.stderr == f"sipha: {tmp_path / 'nope.toml'}: cannot read: No such file or directory\n"
+    assert (
+        result.stderr
+        == f"sipha: {tmp_path / 'nope.toml'}: cannot read: No such file or directory\n"
+    )
 
 
 def test_bad_db_url(tmp_path: Path) -> None:
@@ -105,6 +112,8 @@ def test_bad_config_stops_before_daemonizing(tmp_path: Path) -> None:
     pidfile, logfile = tmp_path / "twistd.pid", tmp_path / "twistd.log"
     result = twistd("--pidfile", pidfile, "--logfile", logfile, "sipha", "-c", bad, cwd=tmp_path)
     assert result.returncode == 1
-    assert result.stderr.splitlines() == [f"sipha: {bad}: log.level: expected a string, got integer"]
+    assert result.stderr.splitlines() == [
+        f"sipha: {bad}: log.level: expected a string, got integer"
+    ]
     assert not pidfile.exists()
     assert not logfile.exists()

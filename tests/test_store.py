@@ -45,5 +45,8 @@ def test_shipped_schema_splits_into_statements():
         database = Database(url)
         statements = database.schema()
         assert [s.split("(")[0].split()[-1] for s in statements if "TABLE" in s] == [
-            "dispatcher", "load_balancer", "dialog"]  # fmt: skip
+            "dispatcher",
+            "load_balancer",
+            "dialog",
+        ]
         database.close()

@@ -33,8 +33,9 @@ class Node:
         self.database = Database(url)
         self.store = DialogStore(self.database, reactor, REALTIME, live=self.core.dialogs)
         self.core.dialogs.observer = self.store
-        self.control = Control(config, self.database, self.dispatcher, self.balancer,
-                               self.core.dialogs, self.store)  # fmt: skip
+        self.control = Control(
+            config, self.database, self.dispatcher, self.balancer, self.core.dialogs, self.store
+        )
 
     async def close(self) -> None:
         for dialog in self.core.dialogs:
@@ -62,8 +63,14 @@ async def test_standby_takes_over_calls_and_forgets_those_ended_meanwhile(db_url
         assert restored.call_id == "call-1@192.0.2.10"
 
         # The call ends on the active node; the standby takes the VIP later.
-        bye = invite(method="BYE", uri="sip:fs@127.0.0.1:5071", to_tag="uas-1", cseq=2,
-                     branch="z9hG4bK-bye", routes=("<sip:127.0.0.1:5060;lr>",))  # fmt: skip
+        bye = invite(
+            method="BYE",
+            uri="sip:fs@127.0.0.1:5071",
+            to_tag="uas-1",
+            cseq=2,
+            branch="z9hG4bK-bye",
+            routes=("<sip:127.0.0.1:5060;lr>",),
+        )
         active.core.receive(bye, CALLER, UDP_IN)
         await active.store.drained()
         assert await standby.control.reload_dialogs() == 0

@@ -111,8 +111,15 @@ def _check_row(row: Any, position: int) -> _Destination:
     if probe_mode not in (0, 1, 2):
         raise ValueError(f"probe_mode must be 0, 1 or 2, got {probe_mode}")
     return _Destination(
-        id=row_id, group=group, uri=uri, capacity=capacity, probe_mode=probe_mode,
-        description=text_column(row, "description"), health=Health(), load={})  # fmt: skip
+        id=row_id,
+        group=group,
+        uri=uri,
+        capacity=capacity,
+        probe_mode=probe_mode,
+        description=text_column(row, "description"),
+        health=Health(),
+        load={},
+    )
 
 
 def _resource_names(resources: Sequence[str] | str) -> tuple[str, ...]:
@@ -149,8 +156,9 @@ class Allocation:
 
     __slots__ = ("group", "resources", "_balancer", "_relative", "_tried", "_held")
 
-    def __init__(self, balancer: LoadBalancer, group: int, resources: tuple[str, ...],
-                 relative: bool):  # fmt: skip
+    def __init__(
+        self, balancer: LoadBalancer, group: int, resources: tuple[str, ...], relative: bool
+    ):
         self.group = group
         self.resources = resources
         self._balancer = balancer
@@ -204,8 +212,13 @@ class LoadBalancer:
     so two equal destinations alternate A, B, A, B while calls are held.
     """
 
-    def __init__(self, destinations: Iterable[LoadBalancerRow] = (), *,
-                 probing_threshold: int = 2, reply_codes: Iterable[int] = (200,)):  # fmt: skip
+    def __init__(
+        self,
+        destinations: Iterable[LoadBalancerRow] = (),
+        *,
+        probing_threshold: int = 2,
+        reply_codes: Iterable[int] = (200,),
+    ):
         self.probe_policy = ProbePolicy(probing_threshold, frozenset(reply_codes))
         self._destinations: list[_Destination] = []
         # Counters by (group, URI): they outlive a reload that removes their
@@ -268,8 +281,9 @@ class LoadBalancer:
 
     # -- calls ------------------------------------------------------------------------
 
-    def start(self, group: int, resources: Sequence[str] | str,
-              algorithm: str | int = "relative") -> Allocation | None:  # fmt: skip
+    def start(
+        self, group: int, resources: Sequence[str] | str, algorithm: str | int = "relative"
+    ) -> Allocation | None:
         """Begin balancing one call; iterate the result for the destination(s) to try.
 
         None when a requested resource exists in no destination at all
@@ -299,8 +313,9 @@ class LoadBalancer:
         allocation._hold(destination)
         return allocation
 
-    def _best(self, group: int, resources: tuple[str, ...], relative: bool,
-              tried: set[_Key]) -> _Destination | None:  # fmt: skip
+    def _best(
+        self, group: int, resources: tuple[str, ...], relative: bool, tried: set[_Key]
+    ) -> _Destination | None:
         best, best_free = None, 0
         for destination in self._destinations:
             if (

@@ -38,9 +38,15 @@ log = Log(namespace="sipha.control")
 class Control:
     """The operator's handle on the live dispatcher, load balancer and dialogs."""
 
-    def __init__(self, config: Config, database: Database | None, dispatcher: Dispatcher,
-                 balancer: LoadBalancer, dialogs: Dialogs,
-                 store: DialogStore | None = None):  # fmt: skip
+    def __init__(
+        self,
+        config: Config,
+        database: Database | None,
+        dispatcher: Dispatcher,
+        balancer: LoadBalancer,
+        dialogs: Dialogs,
+        store: DialogStore | None = None,
+    ):
         self.config = config
         self.database = database
         self.dispatcher = dispatcher
@@ -69,8 +75,12 @@ class Control:
             source = "table" if rows else "config"
             module.reload(rows if rows else fallback)
             self.sources[name] = source
-            log.info("{name}: {count} destinations from the {source}", name=name,
-                     count=len(rows if rows else fallback), source=source)  # fmt: skip
+            log.info(
+                "{name}: {count} destinations from the {source}",
+                name=name,
+                count=len(rows if rows else fallback),
+                source=source,
+            )
         return dict(self.sources)
 
     async def reload_dialogs(self) -> int:
@@ -97,8 +107,9 @@ class Control:
             if self.dialogs.match_id(dialog.h_entry, dialog.h_id) is not None:
                 continue
             if dialog.lb_group is not None and dialog.destination:
-                dialog.binding = self.balancer.restore(dialog.lb_group, dialog.destination,
-                                                       dialog.lb_resources)  # fmt: skip
+                dialog.binding = self.balancer.restore(
+                    dialog.lb_group, dialog.destination, dialog.lb_resources
+                )
             self.dialogs.restore(dialog)
             restored += 1
         log.info("restored {count} dialogs from the dialog table", count=restored)
@@ -119,11 +130,17 @@ class Control:
     def dialog_list(self) -> list[dict[str, Any]]:
         """The dialogs in progress."""
         return [
-            {"call_id": d.call_id, "from_tag": d.from_tag, "to_tag": d.to_tag,
-             "state": d.state.name.lower(), "destination": d.destination,
-             "start_time": d.start_time, "timeout": d.timeout_at}
+            {
+                "call_id": d.call_id,
+                "from_tag": d.from_tag,
+                "to_tag": d.to_tag,
+                "state": d.state.name.lower(),
+                "destination": d.destination,
+                "start_time": d.start_time,
+                "timeout": d.timeout_at,
+            }
             for d in self.dialogs
-        ]  # fmt: skip
+        ]
 
     def set_enabled(self, uri: str, enabled: bool) -> list[str]:
         """Take a URI out of (or back into) selection in every dispatcher set and lb group.
@@ -135,8 +152,9 @@ class Control:
         found = []
         for entry in self.dispatcher.list():
             if entry["uri"].lower() == uri.lower():
-                self.dispatcher.set_state(entry["set"], entry["uri"],
-                                          "active" if enabled else "inactive")  # fmt: skip
+                self.dispatcher.set_state(
+                    entry["set"], entry["uri"], "active" if enabled else "inactive"
+                )
                 found.append(f"dispatcher set {entry['set']}")
         for entry in self.balancer.list():
             if entry["uri"].lower() == uri.lower():
@@ -145,30 +163,64 @@ class Control:
             self.balancer.set_enabled(uri, enabled)
         if not found:
             raise KeyError(f"no destination {uri}")
-        log.info("{uri} {what} by the operator in {where}", uri=uri,
-                 what="enabled" if enabled else "disabled", where=", ".join(found))  # fmt: skip
+        log.info(
+            "{uri} {what} by the operator in {where}",
+            uri=uri,
+            what="enabled" if enabled else "disabled",
+            where=", ".join(found),
+        )
         return found
 
     # -- the tables, as ``opensipsctl dispatcher addgw/rmgw`` and INSERT/DELETE did ------
 
-    async def add_dispatcher(self, setid: int, uri: str, *, state: int = 0, weight: int = 1,
-                             priority: int = 0, attrs: str = "", description: str = "",
-                             seed: bool = False) -> dict[str, Any]:  # fmt: skip
+    async def add_dispatcher(
+        self,
+        setid: int,
+        uri: str,
+        *,
+        state: int = 0,
+        weight: int = 1,
+        priority: int = 0,
+        attrs: str = "",
+        description: str = "",
+        seed: bool = False,
+    ) -> dict[str, Any]:
         """INSERT a ``dispatcher`` row (``opensipsctl dispatcher addgw``), then reload.
 
         ``seed`` first copies the config file's list into an empty table (see
         :meth:`_insert`).
         """
-        new = DispatcherRow(id=0, setid=setid, destination=uri, state=state, weight=weight,
-                            priority=priority, attrs=attrs, description=description)  # fmt: skip
+        new = DispatcherRow(
+            id=0,
+            setid=setid,
+            destination=uri,
+            state=state,
+            weight=weight,
+            priority=priority,
+            attrs=attrs,
+            description=description,
+        )
         return await self._insert("dispatcher", new, seed)
 
-    async def add_load_balancer(self, group_id: int, uri: str, resources: str, *,
-                                probe_mode: int = 2, description: str = "",
-                                seed: bool = False) -> dict[str, Any]:  # fmt: skip
+    async def add_load_balancer(
+        self,
+        group_id: int,
+        uri: str,
+        resources: str,
+        *,
+        probe_mode: int = 2,
+        description: str = "",
+        seed: bool = False,
+    ) -> dict[str, Any]:
         """INSERT a ``load_balancer`` row (what the reference deployment typed in mysql), then reload."""
-        new = LoadBalancerRow(id=0, group_id=group_id, dst_uri=uri, resources=resources,
-                              probe_mode=probe_mode, description=description)  # fmt: skip
+        new = LoadBalancerRow(
+            id=0,
+            group_id=group_id,
+            dst_uri=uri,
+            resources=resources,
+            probe_mode=probe_mode,
+            description=description,
+        )
         return await self._insert("load_balancer", new, seed)
 
     async def remove_dispatcher(self, setid: int, uri: str) -> dict[str, Any]:
@@ -195,11 +247,17 @@ class Control:
         """
         database = self._database()
         reader, module_type, config_rows = {
-            "dispatcher": (database.dispatcher_rows, Dispatcher,
-                           self.config.dispatcher.destination),
-            "load_balancer": (database.load_balancer_rows, LoadBalancer,
-                              self.config.load_balancer.destination),
-        }[table]  # fmt: skip
+            "dispatcher": (
+                database.dispatcher_rows,
+                Dispatcher,
+                self.config.dispatcher.destination,
+            ),
+            "load_balancer": (
+                database.load_balancer_rows,
+                LoadBalancer,
+                self.config.load_balancer.destination,
+            ),
+        }[table]
         rows: list[Any] = list(await reader())
         seeded: Sequence[Any] = ()
         if not rows and config_rows:
@@ -208,11 +266,13 @@ class Control:
                     f"the {table} table is empty, so its destinations come from the config file"
                     f" ({len(config_rows)} of them); a first row would replace them all. Pass"
                     " seed (sipha-ctl: --seed-from-config) to copy them into the table first,"
-                    " or list the destinations in the config file and restart")
+                    " or list the destinations in the config file and restart"
+                )
             seeded = config_rows
         # The id the database will most likely give it, for the error messages.
-        new = dataclasses.replace(new, id=1 + max((getattr(r, "id", 0) or 0 for r in rows),
-                                                  default=len(seeded)))  # fmt: skip
+        new = dataclasses.replace(
+            new, id=1 + max((getattr(r, "id", 0) or 0 for r in rows), default=len(seeded))
+        )
         candidate = [*rows, *seeded, new]
         try:
             module_type(candidate)
@@ -220,19 +280,25 @@ class Control:
             raise ValueError(f"{table} row refused: {error}") from None
         columns = _COLUMNS[table]
         values = [tuple(_column(row, c) for c in columns) for row in (*seeded, new)]
-        statement = database.sql(f"INSERT INTO {table} ({', '.join(columns)})"
-                                 f" VALUES ({', '.join('?' * len(columns))})")  # fmt: skip
+        statement = database.sql(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        )
         await database.pool.runInteraction(lambda cursor: cursor.executemany(statement, values))
-        log.info("{table}: {uri} added by the operator{seeded}", table=table,
-                 uri=_column(new, columns[1]),
-                 seeded=f" after the {len(seeded)} rows of the config file" if seeded else "")  # fmt: skip
+        log.info(
+            "{table}: {uri} added by the operator{seeded}",
+            table=table,
+            uri=_column(new, columns[1]),
+            seeded=f" after the {len(seeded)} rows of the config file" if seeded else "",
+        )
         return {"inserted": len(values), "sources": await self.reload()}
 
-    async def _delete(self, table: str, key: str, uri_column: str, key_value: int,
-                      uri: str) -> dict[str, Any]:  # fmt: skip
+    async def _delete(
+        self, table: str, key: str, uri_column: str, key_value: int, uri: str
+    ) -> dict[str, Any]:
         database = self._database()
         statement = database.sql(
-            f"DELETE FROM {table} WHERE {key} = ? AND LOWER({uri_column}) = LOWER(?)")
+            f"DELETE FROM {table} WHERE {key} = ? AND LOWER({uri_column}) = LOWER(?)"
+        )
 
         def delete(cursor: Any) -> int:
             cursor.execute(statement, (key_value, uri))
@@ -240,10 +306,15 @@ class Control:
 
         deleted = await database.pool.runInteraction(delete)
         if not deleted:
-            where = "the config file: edit it and restart" if self.sources[table] == "config" \
-                else "the table"  # fmt: skip
-            raise KeyError(f"no {table} row {key} = {key_value}, {uri_column} = {uri}"
-                           f" ({table} destinations come from {where})")  # fmt: skip
+            where = (
+                "the config file: edit it and restart"
+                if self.sources[table] == "config"
+                else "the table"
+            )
+            raise KeyError(
+                f"no {table} row {key} = {key_value}, {uri_column} = {uri}"
+                f" ({table} destinations come from {where})"
+            )
         log.info("{table}: {uri} removed by the operator", table=table, uri=uri)
         return {"deleted": deleted, "sources": await self.reload()}
 
@@ -268,8 +339,7 @@ class Control:
             for request in dialog_byes(dialog):
                 self.core.send_request(request, None, _ByeOutcome(call_id))
             self.dialogs.end(dialog, "ended")
-            log.info("dialog {call_id} ended by the operator: BYE sent both ways",
-                     call_id=call_id)  # fmt: skip
+            log.info("dialog {call_id} ended by the operator: BYE sent both ways", call_id=call_id)
         return len(answered)
 
 
@@ -295,9 +365,15 @@ class _ByeOutcome:
 
     def on_response(self, transaction: ClientTransaction, response: Response) -> None:
         if response.status >= 300:
-            log.warn("BYE of dialog {call_id} answered {status}", call_id=self.call_id,
-                     status=response.status)  # fmt: skip
+            log.warn(
+                "BYE of dialog {call_id} answered {status}",
+                call_id=self.call_id,
+                status=response.status,
+            )
 
     def on_timeout(self, transaction: ClientTransaction) -> None:
-        log.warn("BYE of dialog {call_id} to {peer} not answered", call_id=self.call_id,
-                 peer=transaction.peer)  # fmt: skip
+        log.warn(
+            "BYE of dialog {call_id} to {peer} not answered",
+            call_id=self.call_id,
+            peer=transaction.peer,
+        )

@@ -99,16 +99,22 @@ class ControlProtocol(LineOnlyReceiver):
             if not isinstance(name, str) or not isinstance(args, dict):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
-            self._reply({"ok": False, "error": "bad request: expected a JSON object with"
-                                               ' "command" and "args"'})  # fmt: skip
+            self._reply(
+                {
+                    "ok": False,
+                    "error": 'bad request: expected a JSON object with "command" and "args"',
+                }
+            )
             return
         handler = self.factory.commands.get(name)
         if handler is None:
             self._reply({"ok": False, "error": f"unknown command {name!r}"})
             return
         done = defer.maybeDeferred(handler, **args)  # coroutines are awaited too
-        done.addCallbacks(lambda result: self._reply({"ok": True, "result": result}),
-                          lambda failure: self._failed(name, failure))  # fmt: skip
+        done.addCallbacks(
+            lambda result: self._reply({"ok": True, "result": result}),
+            lambda failure: self._failed(name, failure),
+        )
 
     def _failed(self, name: str, failure: Any) -> None:
         error = failure.value
@@ -148,10 +154,14 @@ class ControlService(service.Service):
         super().startService()
         _prepare_directory(self.path.parent, self.mode)
         _remove_stale(self.path)
-        self.port = self.reactor.listenUNIX(os.fspath(self.path), ControlFactory(_commands(self.sip)),
-                                            mode=self.mode, wantPID=True)  # fmt: skip
-        log.info("control socket {path} (mode {mode:04o}): sipha-ctl talks here",
-                 path=self.path, mode=self.mode)  # fmt: skip
+        self.port = self.reactor.listenUNIX(
+            os.fspath(self.path), ControlFactory(_commands(self.sip)), mode=self.mode, wantPID=True
+        )
+        log.info(
+            "control socket {path} (mode {mode:04o}): sipha-ctl talks here",
+            path=self.path,
+            mode=self.mode,
+        )
 
     def stopService(self) -> Any:  # noqa: N802
         super().stopService()
@@ -181,8 +191,10 @@ def _prepare_directory(directory: Path, mode: int) -> None:
         raise RuntimeError(f"control socket directory {directory} is not a directory")
     parent_sticky = os.stat(directory.parent).st_mode & stat.S_ISVTX
     if parent_sticky and (info.st_uid != os.getuid() or info.st_mode & 0o022):
-        raise RuntimeError(f"control socket directory {directory} belongs to someone else or"
-                           " is writable by others: remove it, or set [control] socket")  # fmt: skip
+        raise RuntimeError(
+            f"control socket directory {directory} belongs to someone else or"
+            " is writable by others: remove it, or set [control] socket"
+        )
 
 
 def _remove_stale(path: Path) -> None:

@@ -27,8 +27,17 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["EXIT_ERROR", "EXIT_NOT_RUNNING", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE",
-           "call", "control_socket", "default_socket_path", "main"]  # fmt: skip
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_NOT_RUNNING",
+    "EXIT_OK",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "call",
+    "control_socket",
+    "default_socket_path",
+    "main",
+]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 
@@ -73,8 +82,9 @@ class ReplyError(Exception):
     """sipha understood and said no."""
 
 
-def call(path: Path, command: str, args: Mapping[str, Any] | None = None,
-         timeout: float = 30.0) -> Any:  # fmt: skip
+def call(
+    path: Path, command: str, args: Mapping[str, Any] | None = None, timeout: float = 30.0
+) -> Any:
     """Send one command and return sipha's result; raise one of the three errors above."""
     request = json.dumps({"command": command, "args": dict(args or {})}) + "\n"
     deadline = time.monotonic() + timeout
@@ -85,10 +95,14 @@ def call(path: Path, command: str, args: Mapping[str, Any] | None = None,
         except (FileNotFoundError, NotADirectoryError):
             raise NotRunningError(f"no control socket at {path}") from None
         except ConnectionRefusedError:
-            raise NotRunningError(f"nothing listens on {path} (left by a sipha that stopped)") from None
+            raise NotRunningError(
+                f"nothing listens on {path} (left by a sipha that stopped)"
+            ) from None
         except PermissionError:
-            raise UnreachableError(f"permission denied on {path}: the socket's mode"
-                              " ([control] mode) decides who may control sipha") from None
+            raise UnreachableError(
+                f"permission denied on {path}: the socket's mode"
+                " ([control] mode) decides who may control sipha"
+            ) from None
         except OSError as error:
             raise UnreachableError(f"cannot connect to {path}: {error.strerror or error}") from None
         try:
@@ -103,7 +117,9 @@ def call(path: Path, command: str, args: Mapping[str, Any] | None = None,
         except TimeoutError:
             raise UnreachableError(f"no answer from sipha within {timeout:g} s") from None
         except OSError as error:
-            raise UnreachableError(f"connection to {path} failed: {error.strerror or error}") from None
+            raise UnreachableError(
+                f"connection to {path} failed: {error.strerror or error}"
+            ) from None
     try:
         reply = json.loads(data)
     except ValueError:
@@ -122,8 +138,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Left-aligned columns, two spaces apart, as ``ps`` or ``ss`` print them."""
     cells = [list(headers), *[["" if v is None else str(v) for v in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in cells)  # fmt: skip
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
 
 
 def _source(sources: Mapping[str, str], name: str) -> str:
@@ -138,24 +155,32 @@ def show_destinations(result: Mapping[str, Any]) -> str:
         state = "enabled" if d["enabled"] else f"disabled ({d['reason'] or 'probes'})"
         load = " ".join(f"{r['name']}={r['load']}/{r['max']}" for r in d["resources"])
         lb_rows.append((d["id"], d["group"], d["uri"], state, load, d["description"]))
-    ds_rows = [(d["set"], d["uri"], d["state"], d["weight"], d["priority"], d["description"])
-               for d in result["dispatcher"]]  # fmt: skip
-    return "\n".join([
-        f"load balancer (INVITE), {_source(sources, 'load_balancer')}:",
-        table(("ID", "GROUP", "URI", "STATE", "LOAD", "DESCRIPTION"), lb_rows),
-        "",
-        f"dispatcher (REGISTER), {_source(sources, 'dispatcher')}:",
-        table(("SET", "URI", "STATE", "WEIGHT", "PRIORITY", "DESCRIPTION"), ds_rows),
-    ])  # fmt: skip
+    ds_rows = [
+        (d["set"], d["uri"], d["state"], d["weight"], d["priority"], d["description"])
+        for d in result["dispatcher"]
+    ]
+    return "\n".join(
+        [
+            f"load balancer (INVITE), {_source(sources, 'load_balancer')}:",
+            table(("ID", "GROUP", "URI", "STATE", "LOAD", "DESCRIPTION"), lb_rows),
+            "",
+            f"dispatcher (REGISTER), {_source(sources, 'dispatcher')}:",
+            table(("SET", "URI", "STATE", "WEIGHT", "PRIORITY", "DESCRIPTION"), ds_rows),
+        ]
+    )
 
 
 def show_dialogs(result: Sequence[Mapping[str, Any]]) -> str:
     now = time.time()
     rows = [
-        (d["call_id"], d["state"], d["destination"] or "-",
-         f"{now - d['start_time']:.0f}s" if d["start_time"] else "-")
+        (
+            d["call_id"],
+            d["state"],
+            d["destination"] or "-",
+            f"{now - d['start_time']:.0f}s" if d["start_time"] else "-",
+        )
         for d in result
-    ]  # fmt: skip
+    ]
     return f"{len(rows)} dialogs\n" + table(("CALL-ID", "STATE", "DESTINATION", "UP"), rows)
 
 
@@ -169,16 +194,16 @@ def _lines(prefix: str, value: Any) -> list[str]:
         inner = ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
         return [f"{prefix}: {inner}" if prefix else inner]
     if isinstance(value, Mapping):
-        return [line for k, v in value.items()
-                for line in _lines(f"{prefix} {k}".strip(), v)]  # fmt: skip
+        return [line for k, v in value.items() for line in _lines(f"{prefix} {k}".strip(), v)]
     if isinstance(value, list):
         return [line for item in value for line in _lines(prefix, item)] or [f"{prefix}: none"]
     return [f"{prefix}: {value}" if prefix else str(value)]
 
 
 def show_counters(result: Mapping[str, Any]) -> str:
-    return "\n".join(line for name, value in result.items()
-                     for line in _lines(name.replace("_", " "), value))  # fmt: skip
+    return "\n".join(
+        line for name, value in result.items() for line in _lines(name.replace("_", " "), value)
+    )
 
 
 def show_plain(result: Any) -> str:
@@ -195,20 +220,38 @@ Show = Callable[[Any], str]
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: an option given before the command is not reset by the sub-parser.
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print sipha's answer as JSON, for scripts")
-    common.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
-                        help="the control socket (default: [control] socket, else"
-                             f" {default_socket_path()})")
-    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                        help="take the socket from this sipha config file's [control] socket")
-    common.add_argument("--timeout", metavar="SECONDS", type=float, default=argparse.SUPPRESS,
-                        help="give up waiting for sipha after this long (default 30)")
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print sipha's answer as JSON, for scripts",
+    )
+    common.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help=f"the control socket (default: [control] socket, else {default_socket_path()})",
+    )
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="take the socket from this sipha config file's [control] socket",
+    )
+    common.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="give up waiting for sipha after this long (default 30)",
+    )
     parser = argparse.ArgumentParser(
-        prog="sipha-ctl", parents=[common],
+        prog="sipha-ctl",
+        parents=[common],
         description="Control a running sipha: destinations, tables, dialogs, counters.",
         epilog="Exit codes: 0 done, 1 sipha answered with an error, 2 usage,"
-               " 3 sipha not running, 4 sipha could not be talked to.")  # fmt: skip
+        " 3 sipha not running, 4 sipha could not be talked to.",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help: str, parent: Any = commands) -> argparse.ArgumentParser:
@@ -221,7 +264,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("uri")
 
     ds = command("dispatcher", "dispatcher table rows and states").add_subparsers(
-        dest="action", metavar="ACTION", required=True)
+        dest="action", metavar="ACTION", required=True
+    )
     sub = command("add", "INSERT a row and reload (opensipsctl dispatcher addgw)", ds)
     sub.add_argument("setid", type=int)
     sub.add_argument("uri")
@@ -230,8 +274,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--priority", type=int, default=0)
     sub.add_argument("--attrs", default="")
     sub.add_argument("--description", default="")
-    sub.add_argument("--seed-from-config", action="store_true",
-                     help="if the table is empty, first copy the config file's list into it")
+    sub.add_argument(
+        "--seed-from-config",
+        action="store_true",
+        help="if the table is empty, first copy the config file's list into it",
+    )
     sub = command("remove", "DELETE a row and reload (opensipsctl dispatcher rmgw)", ds)
     sub.add_argument("setid", type=int)
     sub.add_argument("uri")
@@ -241,15 +288,19 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("state", choices=("active", "inactive", "probing"))
 
     lb = command("lb", "load_balancer table rows and states").add_subparsers(
-        dest="action", metavar="ACTION", required=True)
+        dest="action", metavar="ACTION", required=True
+    )
     sub = command("add", "INSERT a row and reload", lb)
     sub.add_argument("group", type=int)
     sub.add_argument("uri")
     sub.add_argument("resources", help="capacities, e.g. pstn=32")
     sub.add_argument("--probe-mode", type=int, default=2, choices=(0, 1, 2))
     sub.add_argument("--description", default="")
-    sub.add_argument("--seed-from-config", action="store_true",
-                     help="if the table is empty, first copy the config file's list into it")
+    sub.add_argument(
+        "--seed-from-config",
+        action="store_true",
+        help="if the table is empty, first copy the config file's list into it",
+    )
     sub = command("remove", "DELETE a row and reload; calls up keep their unit", lb)
     sub.add_argument("group", type=int)
     sub.add_argument("uri")
@@ -278,22 +329,41 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any], Show]:
         return command, {"uri": args.uri}, show_plain
     if command == "dispatcher":
         if action == "add":
-            return "dispatcher.add", {
-                "setid": args.setid, "uri": args.uri, "state": args.state,
-                "weight": args.weight, "priority": args.priority, "attrs": args.attrs,
-                "description": args.description, "seed": args.seed_from_config,
-            }, show_plain  # fmt: skip
+            return (
+                "dispatcher.add",
+                {
+                    "setid": args.setid,
+                    "uri": args.uri,
+                    "state": args.state,
+                    "weight": args.weight,
+                    "priority": args.priority,
+                    "attrs": args.attrs,
+                    "description": args.description,
+                    "seed": args.seed_from_config,
+                },
+                show_plain,
+            )
         if action == "remove":
             return "dispatcher.remove", {"setid": args.setid, "uri": args.uri}, show_plain
-        return "dispatcher.state", {"setid": args.setid, "uri": args.uri,
-                                    "state": args.state}, show_plain  # fmt: skip
+        return (
+            "dispatcher.state",
+            {"setid": args.setid, "uri": args.uri, "state": args.state},
+            show_plain,
+        )
     if command == "lb":
         if action == "add":
-            return "lb.add", {
-                "group": args.group, "uri": args.uri, "resources": args.resources,
-                "probe_mode": args.probe_mode, "description": args.description,
-                "seed": args.seed_from_config,
-            }, show_plain  # fmt: skip
+            return (
+                "lb.add",
+                {
+                    "group": args.group,
+                    "uri": args.uri,
+                    "resources": args.resources,
+                    "probe_mode": args.probe_mode,
+                    "description": args.description,
+                    "seed": args.seed_from_config,
+                },
+                show_plain,
+            )
         if action == "remove":
             return "lb.remove", {"group": args.group, "uri": args.uri}, show_plain
         return f"lb.{action}", {"destination": args.destination}, show_plain

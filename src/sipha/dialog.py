@@ -123,11 +123,16 @@ class Dialogs:
     is released.
     """
 
-    def __init__(self, clock: Any, default_timeout: float = 43200.0, *,
-                 is_local: Callable[[str], bool] = lambda uri: False,
-                 observer: DialogObserver | None = None,
-                 on_end: Callable[[Dialog, str], None] | None = None,
-                 rng: random.Random | None = None):  # fmt: skip
+    def __init__(
+        self,
+        clock: Any,
+        default_timeout: float = 43200.0,
+        *,
+        is_local: Callable[[str], bool] = lambda uri: False,
+        observer: DialogObserver | None = None,
+        on_end: Callable[[Dialog, str], None] | None = None,
+        rng: random.Random | None = None,
+    ):
         self.clock = clock
         self.default_timeout = default_timeout
         self.is_local = is_local
@@ -163,18 +168,25 @@ class Dialogs:
         self._by_id[(dialog.h_entry, dialog.h_id)] = dialog
         self._by_key[(dialog.call_id, dialog.from_tag)] = dialog
 
-    def create(self, invite: Request, caller_sock: str = "",
-               binding: Releasable | None = None) -> Dialog | None:  # fmt: skip
+    def create(
+        self, invite: Request, caller_sock: str = "", binding: Releasable | None = None
+    ) -> Dialog | None:
         """A relayed initial INVITE; none without a From tag (it could never be matched)."""
         if not invite.from_tag:
             return None
         entry, ident = self._new_id(invite.call_id)
         dialog = Dialog(
-            entry, ident, invite.call_id,
-            from_uri=parse_name_addr(invite.get("from") or "").uri, from_tag=invite.from_tag,
-            to_uri=parse_name_addr(invite.get("to") or "").uri, caller_cseq=invite.cseq,
-            caller_contact=_contact_uri(invite), caller_sock=caller_sock, binding=binding,
-        )  # fmt: skip
+            entry,
+            ident,
+            invite.call_id,
+            from_uri=parse_name_addr(invite.get("from") or "").uri,
+            from_tag=invite.from_tag,
+            to_uri=parse_name_addr(invite.get("to") or "").uri,
+            caller_cseq=invite.cseq,
+            caller_contact=_contact_uri(invite),
+            caller_sock=caller_sock,
+            binding=binding,
+        )
         self._add(dialog)
         return dialog
 

@@ -56,8 +56,15 @@ from sipha.logs import Log
 from sipha.store import DialogRow
 from sipha.uri import split_comma_list
 
-__all__ = ["DELAYED", "NO_DB", "REALTIME", "SHUTDOWN", "DialogStore", "dialog_from_row",
-           "dialog_row"]  # fmt: skip
+__all__ = [
+    "DELAYED",
+    "NO_DB",
+    "REALTIME",
+    "SHUTDOWN",
+    "DialogStore",
+    "dialog_from_row",
+    "dialog_row",
+]
 
 log = Log(namespace="sipha.dialog_store")
 
@@ -121,18 +128,28 @@ def dialog_row(dialog: Dialog) -> DialogRow:
         profiles = encode_pairs((f"lbX{name}", value) for name in dialog.lb_resources)
         lb_vars = encode_pairs((("lb_group", str(dialog.lb_group)), ("lb_dst", dialog.destination)))
     return DialogRow(
-        hash_entry=dialog.h_entry, hash_id=dialog.h_id, callid=dialog.call_id,
-        from_uri=dialog.from_uri, from_tag=dialog.from_tag,
-        to_uri=dialog.to_uri, to_tag=dialog.to_tag or "",
-        caller_cseq=str(dialog.caller_cseq), callee_cseq=str(dialog.callee_cseq),
+        hash_entry=dialog.h_entry,
+        hash_id=dialog.h_id,
+        callid=dialog.call_id,
+        from_uri=dialog.from_uri,
+        from_tag=dialog.from_tag,
+        to_uri=dialog.to_uri,
+        to_tag=dialog.to_tag or "",
+        caller_cseq=str(dialog.caller_cseq),
+        callee_cseq=str(dialog.callee_cseq),
         caller_route_set=",".join(dialog.caller_route_set),
         callee_route_set=",".join(dialog.callee_route_set),
-        caller_contact=dialog.caller_contact, callee_contact=dialog.callee_contact,
-        caller_sock=dialog.caller_sock, callee_sock=dialog.callee_sock,
-        state=int(dialog.state), start_time=int(dialog.start_time),
+        caller_contact=dialog.caller_contact,
+        callee_contact=dialog.callee_contact,
+        caller_sock=dialog.caller_sock,
+        callee_sock=dialog.callee_sock,
+        state=int(dialog.state),
+        start_time=int(dialog.start_time),
         # Rounded up: a restored call must not expire before its time.
-        timeout=math.ceil(dialog.timeout_at), vars=lb_vars, profiles=profiles,
-    )  # fmt: skip
+        timeout=math.ceil(dialog.timeout_at),
+        vars=lb_vars,
+        profiles=profiles,
+    )
 
 
 def _route_set(text: str | None) -> list[str]:
@@ -146,19 +163,28 @@ def dialog_from_row(row: DialogRow) -> Dialog:
     profiles = decode_pairs(row.profiles)
     resources = tuple(name[3:] for name, _ in profiles if name.startswith("lbX") and name[3:])
     return Dialog(
-        int(row.hash_entry), int(row.hash_id), row.callid,
-        from_uri=row.from_uri, from_tag=row.from_tag, to_uri=row.to_uri,
+        int(row.hash_entry),
+        int(row.hash_id),
+        row.callid,
+        from_uri=row.from_uri,
+        from_tag=row.from_tag,
+        to_uri=row.to_uri,
         to_tag=row.to_tag or None,
-        caller_cseq=int(row.caller_cseq or 0), callee_cseq=int(row.callee_cseq or 0),
-        caller_contact=row.caller_contact or "", callee_contact=row.callee_contact or "",
+        caller_cseq=int(row.caller_cseq or 0),
+        callee_cseq=int(row.callee_cseq or 0),
+        caller_contact=row.caller_contact or "",
+        callee_contact=row.callee_contact or "",
         caller_route_set=_route_set(row.caller_route_set),
         callee_route_set=_route_set(row.callee_route_set),
-        caller_sock=row.caller_sock or "", callee_sock=row.callee_sock or "",
-        state=DialogState(row.state), start_time=float(row.start_time),
+        caller_sock=row.caller_sock or "",
+        callee_sock=row.callee_sock or "",
+        state=DialogState(row.state),
+        start_time=float(row.start_time),
         timeout_at=float(row.timeout),
         destination=lb_vars.get("lb_dst") or None,
-        lb_group=int(group) if group else None, lb_resources=resources,
-    )  # fmt: skip
+        lb_group=int(group) if group else None,
+        lb_resources=resources,
+    )
 
 
 def _written_state(dialog: Dialog) -> bool:
@@ -178,10 +204,19 @@ class DialogStore:
     doubles up to ``retry_max`` between attempts while the database is away.
     """
 
-    def __init__(self, database: DialogDatabase, clock: IReactorTime, mode: int = REALTIME, *,
-                 update_period: float = 60.0, max_queue: int = 100000,
-                 live: Iterable[Dialog] = (), batch: int = 100,
-                 retry_min: float = 0.5, retry_max: float = 5.0):  # fmt: skip
+    def __init__(
+        self,
+        database: DialogDatabase,
+        clock: IReactorTime,
+        mode: int = REALTIME,
+        *,
+        update_period: float = 60.0,
+        max_queue: int = 100000,
+        live: Iterable[Dialog] = (),
+        batch: int = 100,
+        retry_min: float = 0.5,
+        retry_max: float = 5.0,
+    ):
         if mode not in (NO_DB, REALTIME, DELAYED, SHUTDOWN):
             raise ValueError(f"db_mode must be 0, 1, 2 or 3, got {mode!r}")
         self.database = database
@@ -279,7 +314,9 @@ class DialogStore:
         log.error(
             "dialog write queue full ({limit} dialogs{why}): changes are no longer queued; the"
             " dialog table will be resynchronised from memory once the database answers",
-            limit=self.max_queue, why=why)  # fmt: skip
+            limit=self.max_queue,
+            why=why,
+        )
 
     # -- writing --------------------------------------------------------------------------
 
@@ -382,8 +419,12 @@ class DialogStore:
         else:
             ((key, _),) = batch
             self._single = max(0, self._single - 1)
-            log.error("dialog {entry}:{ident} not written, the database refused it: {error}",
-                      entry=key[0], ident=key[1], error=error)  # fmt: skip
+            log.error(
+                "dialog {entry}:{ident} not written, the database refused it: {error}",
+                entry=key[0],
+                ident=key[1],
+                error=error,
+            )
             self._kick()
 
     def _requeue(self, batch: list[_Entry]) -> None:
@@ -403,8 +444,11 @@ class DialogStore:
         if self._down_since is None:
             self._down_since = self.clock.seconds()
             self._catching_up = False
-            log.warn("database unreachable: {error}; {count} dialog writes queued",
-                     error=error, count=len(self._queue))  # fmt: skip
+            log.warn(
+                "database unreachable: {error}; {count} dialog writes queued",
+                error=error,
+                count=len(self._queue),
+            )
         self._backoff = min(self.retry_max, self._backoff * 2 or self.retry_min)
         self._wakeup = self.clock.callLater(self._backoff, self._write)
 
@@ -420,8 +464,11 @@ class DialogStore:
         self._in_flight = None
         self._succeeded()
         stale = self._put_all(self.live)
-        log.info("resynchronising the dialog table: {live} dialogs, {stale} rows to delete",
-                 live=len(self._queue) - stale, stale=stale)  # fmt: skip
+        log.info(
+            "resynchronising the dialog table: {live} dialogs, {stale} rows to delete",
+            live=len(self._queue) - stale,
+            stale=stale,
+        )
         self._kick()
 
     def _unreachable(self, failure: Failure) -> None:
@@ -508,8 +555,11 @@ class DialogStore:
             self._stored.update(keys)
         if gone:
             await self.database.write_dialogs(gone)
-        log.info("{count} dialogs read from the database, {gone} rows deleted",
-                 count=len(dialogs), gone=len(gone))  # fmt: skip
+        log.info(
+            "{count} dialogs read from the database, {gone} rows deleted",
+            count=len(dialogs),
+            gone=len(gone),
+        )
         return dialogs
 
     def stop(self, timeout: float = 2.0) -> Deferred[None]:

@@ -174,9 +174,15 @@ def _check_row(row: Any) -> _Destination:
         raise ValueError(f"state must be 0 (active), 1 (inactive) or 2 (probing), got {flags}")
     state = INACTIVE if flags & 1 else PROBING if flags & 2 else ACTIVE
     return _Destination(
-        setid=setid, uri=uri, weight=weight,
-        priority=int_column(row, "priority", 0), declared=state, attrs=text_column(row, "attrs"),
-        description=text_column(row, "description"), health=Health(state))  # fmt: skip
+        setid=setid,
+        uri=uri,
+        weight=weight,
+        priority=int_column(row, "priority", 0),
+        declared=state,
+        attrs=text_column(row, "attrs"),
+        description=text_column(row, "description"),
+        health=Health(state),
+    )
 
 
 def _failover(entries: list[_Destination], chosen: int) -> Iterator[str]:
@@ -197,10 +203,15 @@ class Dispatcher:
     random algorithms, so tests can seed it.
     """
 
-    def __init__(self, destinations: Iterable[DispatcherRow] = (), *,
-                 probing_threshold: int = 2, probing_mode: int = 1,
-                 reply_codes: Iterable[int] = (200,),
-                 rng: random.Random | None = None):  # fmt: skip
+    def __init__(
+        self,
+        destinations: Iterable[DispatcherRow] = (),
+        *,
+        probing_threshold: int = 2,
+        probing_mode: int = 1,
+        reply_codes: Iterable[int] = (200,),
+        rng: random.Random | None = None,
+    ):
         if probing_mode not in (0, 1):
             raise ValueError(f"probing_mode must be 0 or 1, got {probing_mode}")
         self.probe_policy = ProbePolicy(probing_threshold, frozenset(reply_codes))

@@ -83,8 +83,11 @@ class JSONLinesObserver:
     def __call__(self, event: LogEvent) -> None:
         text = formatEvent(event)
         # Objects JSON cannot hold become their text, not Twisted's {"unpersistable": true}.
-        event = {key: value if key in _KEEP or isinstance(value, _JSON_TYPES) else str(value)
-                 for key, value in event.items() if key not in _DROP}  # fmt: skip
+        event = {
+            key: value if key in _KEEP or isinstance(value, _JSON_TYPES) else str(value)
+            for key, value in event.items()
+            if key not in _DROP
+        }
         event["text"] = text
         level = event.get("log_level")
         event["level"] = level.name if level is not None else "info"

@@ -91,8 +91,9 @@ def read_keys(path: Path) -> list[keys.Key]:
         with path.open("rb") as lines:
             found = list(readAuthorizedKeyFile(lines))
     except OSError as error:
-        raise ManholeError("manhole.authorized_keys",
-                           f"cannot read {path}: {error.strerror or error}") from None  # fmt: skip
+        raise ManholeError(
+            "manhole.authorized_keys", f"cannot read {path}: {error.strerror or error}"
+        ) from None
     if not found:
         raise ManholeError("manhole.authorized_keys", f"{path} holds no usable public key")
     return found
@@ -104,11 +105,14 @@ def check_password_file(path: Path) -> None:
         mode = path.stat().st_mode
         path.open("rb").close()
     except OSError as error:
-        raise ManholeError("manhole.passwords",
-                           f"cannot read {path}: {error.strerror or error}") from None  # fmt: skip
+        raise ManholeError(
+            "manhole.passwords", f"cannot read {path}: {error.strerror or error}"
+        ) from None
     if mode & 0o077:
-        raise ManholeError("manhole.passwords",
-                           f"{path} is readable by others (mode {mode & 0o777:04o}): chmod 600 it")  # fmt: skip
+        raise ManholeError(
+            "manhole.passwords",
+            f"{path} is readable by others (mode {mode & 0o777:04o}): chmod 600 it",
+        )
 
 
 def checkers(settings: ManholeConfig) -> list[Any]:
@@ -122,8 +126,10 @@ def checkers(settings: ManholeConfig) -> list[Any]:
         check_password_file(Path(settings.passwords))
         found.append(FilePasswordDB(settings.passwords, cache=False))
     if not found:
-        raise ManholeError("manhole.authorized_keys",
-                           "the Manhole needs authorized_keys or passwords (no anonymous login)")  # fmt: skip
+        raise ManholeError(
+            "manhole.authorized_keys",
+            "the Manhole needs authorized_keys or passwords (no anonymous login)",
+        )
     return found
 
 
@@ -160,8 +166,11 @@ def host_key(config: Config) -> keys.Key:
         else:
             with os.fdopen(fd, "wb") as out:
                 out.write(key.toString("OPENSSH"))
-            log.info("manhole: generated host key {path} ({fingerprint})", path=path,
-                     fingerprint=key.fingerprint(keys.FingerprintFormats.SHA256_BASE64))  # fmt: skip
+            log.info(
+                "manhole: generated host key {path} ({fingerprint})",
+                path=path,
+                fingerprint=key.fingerprint(keys.FingerprintFormats.SHA256_BASE64),
+            )
             return key
     try:
         return keys.Key.fromFile(os.fspath(path))
@@ -188,7 +197,8 @@ def _bare_signature(function: Callable[..., Any]) -> inspect.Signature:
     signature = inspect.signature(function)
     return signature.replace(
         parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
-        return_annotation=signature.empty)
+        return_annotation=signature.empty,
+    )
 
 
 def namespace(sip: SIPService) -> dict[str, Any]:
@@ -200,11 +210,22 @@ def namespace(sip: SIPService) -> dict[str, Any]:
     assert sip.core is not None
     commands: dict[str, Callable[..., Any]] = {
         name: _command(getattr(control, name))
-        for name in ("destinations", "reload", "set_enabled", "ds_set_state", "lb_set_enabled",
-                     "add_dispatcher", "remove_dispatcher", "add_load_balancer",
-                     "remove_load_balancer", "dialog_list", "end_dialog", "reload_dialogs")
+        for name in (
+            "destinations",
+            "reload",
+            "set_enabled",
+            "ds_set_state",
+            "lb_set_enabled",
+            "add_dispatcher",
+            "remove_dispatcher",
+            "add_load_balancer",
+            "remove_load_balancer",
+            "dialog_list",
+            "end_dialog",
+            "reload_dialogs",
+        )
         if callable(getattr(control, name, None))
-    }  # fmt: skip
+    }
 
     def sipha_counters() -> dict[str, Any]:
         """Requests, responses, transactions, dialogs, probes and dialog store, as now."""
@@ -249,7 +270,9 @@ def namespace(sip: SIPService) -> dict[str, Any]:
 # -- the services -------------------------------------------------------------------------
 
 
-def ssh_factory(ns: dict[str, Any], checkers_: list[Any], key: keys.Key) -> manhole_ssh.ConchFactory:
+def ssh_factory(
+    ns: dict[str, Any], checkers_: list[Any], key: keys.Key
+) -> manhole_ssh.ConchFactory:
     realm = manhole_ssh.TerminalRealm()
     realm.chainedProtocolFactory = lambda: insults.ServerProtocol(manhole.ColoredManhole, ns)
     factory = manhole_ssh.ConchFactory(portal.Portal(realm, checkers_))
@@ -287,13 +310,17 @@ def manhole_services(sip: SIPService, reactor: Any = None) -> list[service.IServ
     checks = checkers(settings)
     key = host_key(sip.config)
     found = [strports.service(settings.listen, ssh_factory(ns, checks, key), reactor=reactor)]
-    log.info("manhole: SSH on {listen}, host key {fingerprint}", listen=settings.listen,
-             fingerprint=key.fingerprint(keys.FingerprintFormats.SHA256_BASE64))  # fmt: skip
+    log.info(
+        "manhole: SSH on {listen}, host key {fingerprint}",
+        listen=settings.listen,
+        fingerprint=key.fingerprint(keys.FingerprintFormats.SHA256_BASE64),
+    )
     if settings.telnet:
         passwords = [c for c in checks if isinstance(c, FilePasswordDB)]
         if not passwords:
             raise ManholeError("manhole.telnet", "telnet logs in with passwords: set passwords")
-        found.append(strports.service(settings.telnet, telnet_factory(ns, passwords[0]),
-                                      reactor=reactor))  # fmt: skip
+        found.append(
+            strports.service(settings.telnet, telnet_factory(ns, passwords[0]), reactor=reactor)
+        )
         log.warn("manhole: telnet (cleartext) on {listen}", listen=settings.telnet)
     return found

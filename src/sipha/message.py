@@ -58,19 +58,63 @@ COMPACT_FORMS = {
 CANONICAL_NAMES = {
     name.lower(): name
     for name in (
-        "Accept", "Accept-Contact", "Accept-Encoding", "Accept-Language", "Alert-Info",
-        "Allow", "Allow-Events", "Authentication-Info", "Authorization", "Call-ID",
-        "Call-Info", "Contact", "Content-Disposition", "Content-Encoding",
-        "Content-Language", "Content-Length", "Content-Type", "CSeq", "Date",
-        "Error-Info", "Event", "Expires", "From", "Identity", "Identity-Info",
-        "In-Reply-To", "Max-Forwards", "Min-Expires", "MIME-Version", "Organization",
-        "Priority", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require",
-        "Reason", "Record-Route", "Refer-To", "Referred-By", "Reject-Contact",
-        "Reply-To", "Request-Disposition", "Require", "Retry-After", "Route",
-        "Server", "Session-Expires", "Subject", "Supported", "Timestamp", "To",
-        "Unsupported", "User-Agent", "Via", "Warning", "WWW-Authenticate",
+        "Accept",
+        "Accept-Contact",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Alert-Info",
+        "Allow",
+        "Allow-Events",
+        "Authentication-Info",
+        "Authorization",
+        "Call-ID",
+        "Call-Info",
+        "Contact",
+        "Content-Disposition",
+        "Content-Encoding",
+        "Content-Language",
+        "Content-Length",
+        "Content-Type",
+        "CSeq",
+        "Date",
+        "Error-Info",
+        "Event",
+        "Expires",
+        "From",
+        "Identity",
+        "Identity-Info",
+        "In-Reply-To",
+        "Max-Forwards",
+        "Min-Expires",
+        "MIME-Version",
+        "Organization",
+        "Priority",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Require",
+        "Reason",
+        "Record-Route",
+        "Refer-To",
+        "Referred-By",
+        "Reject-Contact",
+        "Reply-To",
+        "Request-Disposition",
+        "Require",
+        "Retry-After",
+        "Route",
+        "Server",
+        "Session-Expires",
+        "Subject",
+        "Supported",
+        "Timestamp",
+        "To",
+        "Unsupported",
+        "User-Agent",
+        "Via",
+        "Warning",
+        "WWW-Authenticate",
     )
-}  # fmt: skip
+}
 
 
 class ParseError(Exception):
@@ -143,9 +187,21 @@ def parse_via(text: str) -> Via:
 
 
 _LIST_HEADERS = frozenset(
-    ("via", "route", "record-route", "contact", "allow", "supported", "require",
-     "proxy-require", "unsupported", "accept", "accept-encoding", "allow-events")
-)  # fmt: skip
+    (
+        "via",
+        "route",
+        "record-route",
+        "contact",
+        "allow",
+        "supported",
+        "require",
+        "proxy-require",
+        "unsupported",
+        "accept",
+        "accept-encoding",
+        "allow-events",
+    )
+)
 
 
 class Message:
@@ -155,8 +211,7 @@ class Message:
     full name used for look-ups, ``name`` the spelling written on the wire.
     """
 
-    __slots__ = ("headers", "body", "call_id", "cseq", "cseq_method", "from_tag",
-                 "to_tag", "_via")  # fmt: skip
+    __slots__ = ("headers", "body", "call_id", "cseq", "cseq_method", "from_tag", "to_tag", "_via")
 
     def __init__(self, headers: list[tuple[str, str, str]], body: bytes = b""):
         self.headers = headers
@@ -280,8 +335,9 @@ class Message:
 class Request(Message):
     __slots__ = ("method", "uri")
 
-    def __init__(self, method: str, uri: str, headers: list[tuple[str, str, str]],
-                 body: bytes = b""):  # fmt: skip
+    def __init__(
+        self, method: str, uri: str, headers: list[tuple[str, str, str]], body: bytes = b""
+    ):
         super().__init__(headers, body)
         self.method = method
         self.uri = uri
@@ -296,8 +352,9 @@ class Request(Message):
 class Response(Message):
     __slots__ = ("status", "reason")
 
-    def __init__(self, status: int, reason: str, headers: list[tuple[str, str, str]],
-                 body: bytes = b""):  # fmt: skip
+    def __init__(
+        self, status: int, reason: str, headers: list[tuple[str, str, str]], body: bytes = b""
+    ):
         super().__init__(headers, body)
         self.status = status
         self.reason = reason
@@ -507,11 +564,20 @@ def _tag(value: str | None, name: str) -> str | None:
 
 #: Reason phrases sipha uses for the replies it generates itself.
 REASONS = {
-    100: "Trying", 200: "OK", 400: "Bad Request", 404: "Not Found",
-    405: "Method Not Allowed", 408: "Request Timeout", 416: "Unsupported URI Scheme",
-    482: "Loop Detected", 483: "Too Many Hops", 487: "Request Terminated",
-    500: "Server Internal Error", 503: "Service Unavailable", 513: "Message Too Large",
-}  # fmt: skip
+    100: "Trying",
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    416: "Unsupported URI Scheme",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    487: "Request Terminated",
+    500: "Server Internal Error",
+    503: "Service Unavailable",
+    513: "Message Too Large",
+}
 
 _REPLY_COPIED = ("via", "from", "to", "call-id", "cseq")
 
@@ -533,9 +599,7 @@ def make_response(
     # A request that failed to parse has not read its To tag: look in the header.
     had_tag = request.to_tag or _existing_tag(request.get("to"))
     if status > 100 and had_tag is None and to_tag:
-        headers = [
-            (k, n, f"{v};tag={to_tag}") if k == "to" else (k, n, v) for k, n, v in headers
-        ]
+        headers = [(k, n, f"{v};tag={to_tag}") if k == "to" else (k, n, v) for k, n, v in headers]
     response = Response(status, reason or REASONS.get(status, "Unknown"), headers)
     for name, value in extra:
         response.append(name, value)
@@ -553,9 +617,19 @@ def _existing_tag(value: str | None) -> str | None:
         return None
 
 
-def make_request(method: str, uri: str, *, from_uri: str, from_tag: str, to_uri: str,
-                 call_id: str, cseq: int = 1, to_tag: str | None = None,
-                 routes: Iterable[str] = (), max_forwards: int = 70) -> Request:  # fmt: skip
+def make_request(
+    method: str,
+    uri: str,
+    *,
+    from_uri: str,
+    from_tag: str,
+    to_uri: str,
+    call_id: str,
+    cseq: int = 1,
+    to_tag: str | None = None,
+    routes: Iterable[str] = (),
+    max_forwards: int = 70,
+) -> Request:
     """A request of sipha's own (probes, BYEs of expired dialogs); the Via is added on sending."""
     to = f"<{to_uri}>;tag={to_tag}" if to_tag else f"<{to_uri}>"
     headers = [

@@ -102,29 +102,65 @@ class SiphaCollector(Collector):
                 metric.add_metric([key], value)
             return metric
 
-        yield family(CounterMetricFamily, "sipha_requests_received",
-                     "SIP requests received, by method", "method", snap["requests_received"])
-        yield family(CounterMetricFamily, "sipha_responses_received",
-                     "SIP responses received, by status code", "code", snap["responses_received"])
-        yield family(CounterMetricFamily, "sipha_responses_sent",
-                     "SIP responses sent by server transactions, by status code", "code",
-                     snap["responses_sent"])
-        yield CounterMetricFamily("sipha_requests_forwarded", "Requests relayed downstream",
-                                  value=snap["requests_forwarded"])
-        yield CounterMetricFamily("sipha_requests_dropped", "Requests dropped by the route",
-                                  value=snap["requests_dropped"])
-        yield CounterMetricFamily("sipha_responses_dropped",
-                                  "Responses matching no transaction (strays)",
-                                  value=snap["responses_dropped"])
-        yield CounterMetricFamily("sipha_parse_errors", "Messages that could not be parsed",
-                                  value=snap["parse_errors"])
-        yield family(GaugeMetricFamily, "sipha_transactions", "Transactions in flight", "kind",
-                     snap["transactions"])
-        yield family(GaugeMetricFamily, "sipha_dialogs", "Dialogs, by OpenSIPS state", "state",
-                     snap["dialogs"])  # fmt: skip
+        yield family(
+            CounterMetricFamily,
+            "sipha_requests_received",
+            "SIP requests received, by method",
+            "method",
+            snap["requests_received"],
+        )
+        yield family(
+            CounterMetricFamily,
+            "sipha_responses_received",
+            "SIP responses received, by status code",
+            "code",
+            snap["responses_received"],
+        )
+        yield family(
+            CounterMetricFamily,
+            "sipha_responses_sent",
+            "SIP responses sent by server transactions, by status code",
+            "code",
+            snap["responses_sent"],
+        )
+        yield CounterMetricFamily(
+            "sipha_requests_forwarded",
+            "Requests relayed downstream",
+            value=snap["requests_forwarded"],
+        )
+        yield CounterMetricFamily(
+            "sipha_requests_dropped",
+            "Requests dropped by the route",
+            value=snap["requests_dropped"],
+        )
+        yield CounterMetricFamily(
+            "sipha_responses_dropped",
+            "Responses matching no transaction (strays)",
+            value=snap["responses_dropped"],
+        )
+        yield CounterMetricFamily(
+            "sipha_parse_errors", "Messages that could not be parsed", value=snap["parse_errors"]
+        )
+        yield family(
+            GaugeMetricFamily,
+            "sipha_transactions",
+            "Transactions in flight",
+            "kind",
+            snap["transactions"],
+        )
+        yield family(
+            GaugeMetricFamily,
+            "sipha_dialogs",
+            "Dialogs, by OpenSIPS state",
+            "state",
+            snap["dialogs"],
+        )
 
-        probes = CounterMetricFamily("sipha_probes", "Probe outcomes, by module and destination",
-                                     labels=["module", "uri", "outcome"])  # fmt: skip
+        probes = CounterMetricFamily(
+            "sipha_probes",
+            "Probe outcomes, by module and destination",
+            labels=["module", "uri", "outcome"],
+        )
         for module, per_uri in snap["probes"].items():
             for uri, outcomes in per_uri.items():
                 for outcome, count in outcomes.items():
@@ -136,22 +172,30 @@ class SiphaCollector(Collector):
     def _destinations(self) -> Iterator[Metric]:
         control = self.sip.control
         assert control is not None
-        lb_up = GaugeMetricFamily("sipha_lb_destination_up",
-                                  "1 if the load balancer may choose the destination",
-                                  labels=["group", "uri"])  # fmt: skip
-        load = GaugeMetricFamily("sipha_lb_load", "Units in use, by destination and resource",
-                                 labels=["group", "uri", "resource"])  # fmt: skip
-        capacity = GaugeMetricFamily("sipha_lb_capacity", "Units available in all",
-                                     labels=["group", "uri", "resource"])  # fmt: skip
+        lb_up = GaugeMetricFamily(
+            "sipha_lb_destination_up",
+            "1 if the load balancer may choose the destination",
+            labels=["group", "uri"],
+        )
+        load = GaugeMetricFamily(
+            "sipha_lb_load",
+            "Units in use, by destination and resource",
+            labels=["group", "uri", "resource"],
+        )
+        capacity = GaugeMetricFamily(
+            "sipha_lb_capacity", "Units available in all", labels=["group", "uri", "resource"]
+        )
         for d in control.balancer.list():
             labels = [str(d["group"]), d["uri"]]
             lb_up.add_metric(labels, 1 if d["enabled"] else 0)
             for r in d["resources"]:
                 load.add_metric([*labels, r["name"]], r["load"])
                 capacity.add_metric([*labels, r["name"]], r["max"])
-        ds_up = GaugeMetricFamily("sipha_dispatcher_destination_up",
-                                  "1 if the dispatcher may choose the destination (active)",
-                                  labels=["set", "uri"])  # fmt: skip
+        ds_up = GaugeMetricFamily(
+            "sipha_dispatcher_destination_up",
+            "1 if the dispatcher may choose the destination (active)",
+            labels=["set", "uri"],
+        )
         for d in control.dispatcher.list():
             ds_up.add_metric([str(d["set"]), d["uri"]], 1 if d["state"] == "active" else 0)
         yield from (lb_up, load, capacity, ds_up)
@@ -159,22 +203,32 @@ class SiphaCollector(Collector):
     def _store(self, stats: dict[str, Any] | None) -> Iterator[Metric]:
         if stats is None:
             return
-        yield GaugeMetricFamily("sipha_dialog_store_queue",
-                                "Dialog writes waiting for the database",
-                                value=stats["queued"] + stats["in_flight"])  # fmt: skip
-        yield GaugeMetricFamily("sipha_dialog_store_connected",
-                                "0 from a failed dialog write until one succeeds",
-                                value=int(stats["connected"]))  # fmt: skip
-        yield GaugeMetricFamily("sipha_dialog_store_out_of_sync",
-                                "1 after the queue overflowed, until the table is resynchronised",
-                                value=int(stats["out_of_sync"]))  # fmt: skip
-        yield CounterMetricFamily("sipha_dialog_store_written", "Dialog rows written or deleted",
-                                  value=stats["written"])  # fmt: skip
-        yield CounterMetricFamily("sipha_dialog_store_errors", "Failed dialog writes",
-                                  value=stats["errors"])  # fmt: skip
-        yield CounterMetricFamily("sipha_dialog_store_overflows",
-                                  "Times the dialog write queue hit [dialog] queue_limit",
-                                  value=stats["overflows"])  # fmt: skip
+        yield GaugeMetricFamily(
+            "sipha_dialog_store_queue",
+            "Dialog writes waiting for the database",
+            value=stats["queued"] + stats["in_flight"],
+        )
+        yield GaugeMetricFamily(
+            "sipha_dialog_store_connected",
+            "0 from a failed dialog write until one succeeds",
+            value=int(stats["connected"]),
+        )
+        yield GaugeMetricFamily(
+            "sipha_dialog_store_out_of_sync",
+            "1 after the queue overflowed, until the table is resynchronised",
+            value=int(stats["out_of_sync"]),
+        )
+        yield CounterMetricFamily(
+            "sipha_dialog_store_written", "Dialog rows written or deleted", value=stats["written"]
+        )
+        yield CounterMetricFamily(
+            "sipha_dialog_store_errors", "Failed dialog writes", value=stats["errors"]
+        )
+        yield CounterMetricFamily(
+            "sipha_dialog_store_overflows",
+            "Times the dialog write queue hit [dialog] queue_limit",
+            value=stats["overflows"],
+        )
 
 
 def registry(sip: SIPService) -> CollectorRegistry:

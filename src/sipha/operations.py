@@ -46,11 +46,16 @@ def check(config: Config) -> None:
         if not manhole.enabled:
             raise ConfigError("manhole.telnet", "needs manhole.enabled = true")
         if not is_loopback_endpoint(manhole.telnet):
-            raise ConfigError("manhole.telnet", f"{manhole.telnet!r} is not on loopback: telnet"
-                              " is cleartext, so only interface=127.0.0.1 or ::1 (or unix:)"
-                              " is allowed")  # fmt: skip
+            raise ConfigError(
+                "manhole.telnet",
+                f"{manhole.telnet!r} is not on loopback: telnet"
+                " is cleartext, so only interface=127.0.0.1 or ::1 (or unix:)"
+                " is allowed",
+            )
         if not manhole.passwords:
-            raise ConfigError("manhole.telnet", "telnet logs in with passwords: set manhole.passwords")
+            raise ConfigError(
+                "manhole.telnet", "telnet logs in with passwords: set manhole.passwords"
+            )
     if manhole.enabled:
         from sipha.manhole import ManholeError, checkers
 
@@ -78,7 +83,9 @@ def add_operations(sip: SIPService) -> None:
         if not is_loopback_endpoint(config.manhole.listen):
             log.warn(
                 "manhole: SSH listens beyond loopback ({listen}): anyone who gets a key or"
-                " password in runs code inside sipha", listen=config.manhole.listen)  # fmt: skip
+                " password in runs code inside sipha",
+                listen=config.manhole.listen,
+            )
         for child in manhole_services(sip, reactor):
             child.setServiceParent(sip)
     ControlService(sip, reactor).setServiceParent(sip)

@@ -40,9 +40,17 @@ class Prober:
     never sent a second probe before the first has been answered or timed out.
     """
 
-    def __init__(self, name: str, core: Any, module: Probed, *, interval: float,
-                 method: str = "OPTIONS", from_uri: str = "sip:prober@localhost",
-                 timeout: float | None = None):  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        core: Any,
+        module: Probed,
+        *,
+        interval: float,
+        method: str = "OPTIONS",
+        from_uri: str = "sip:prober@localhost",
+        timeout: float | None = None,
+    ):
         self.name = name
         self.core = core
         self.module = module
@@ -74,8 +82,13 @@ class Prober:
     def probe(self, uri: str) -> None:
         n = next(self._sequence)
         request = make_request(
-            self.method, uri, from_uri=self.from_uri, from_tag=f"{self.name}-{n}", to_uri=uri,
-            call_id=f"{self.name}-probe-{n}-{self.core.instance_id}@sipha")  # fmt: skip
+            self.method,
+            uri,
+            from_uri=self.from_uri,
+            from_tag=f"{self.name}-{n}",
+            to_uri=uri,
+            call_id=f"{self.name}-probe-{n}-{self.core.instance_id}@sipha",
+        )
         transaction = self.core.send_request(request, uri, _ProbeUser(self, uri), self.timeout)
         if transaction is None:
             self._result(uri, None)
@@ -88,8 +101,13 @@ class Prober:
         self.results[(uri, "ok" if accepted else "failed")] += 1
         change = self.module.probe_result(uri, code)
         if change is not None:
-            log.info("{name}: {uri} is now {state} (probe {outcome})", name=self.name, uri=uri,
-                     state=change, outcome=code or "timeout")  # fmt: skip
+            log.info(
+                "{name}: {uri} is now {state} (probe {outcome})",
+                name=self.name,
+                uri=uri,
+                state=change,
+                outcome=code or "timeout",
+            )
 
 
 class _ProbeUser:

@@ -59,8 +59,9 @@ _NO_ANSWER = 'SIP;cause=480;text="NO_ANSWER"'
 
 
 def _digest(*parts: object) -> str:
-    return hashlib.md5("\x00".join(map(str, parts)).encode("utf-8", "surrogateescape"),
-                       usedforsecurity=False).hexdigest()  # fmt: skip
+    return hashlib.md5(
+        "\x00".join(map(str, parts)).encode("utf-8", "surrogateescape"), usedforsecurity=False
+    ).hexdigest()
 
 
 class ProxyCore:
@@ -71,9 +72,18 @@ class ProxyCore:
     address goes into Via and Record-Route on each outbound transport.
     """
 
-    def __init__(self, clock: Clock, send: Send, listeners: Sequence[Any], route: Route,
-                 timers: TimerSettings, *, max_message_size: int = 65535,
-                 dialog_timeout: float = 43200.0, helpers_factory: Any = None):  # fmt: skip
+    def __init__(
+        self,
+        clock: Clock,
+        send: Send,
+        listeners: Sequence[Any],
+        route: Route,
+        timers: TimerSettings,
+        *,
+        max_message_size: int = 65535,
+        dialog_timeout: float = 43200.0,
+        helpers_factory: Any = None,
+    ):
         self.clock = clock
         self.send = send
         self.listeners = list(listeners)
@@ -85,8 +95,9 @@ class ProxyCore:
         self.requests_received: Counter[str] = Counter()
         self.responses_received: Counter[int] = Counter()
         self.helpers: RouteHelpers = helpers_factory(self)
-        self.dialogs = Dialogs(clock, dialog_timeout, is_local=self._is_local_text,
-                               on_end=self._dialog_ended)  # fmt: skip
+        self.dialogs = Dialogs(
+            clock, dialog_timeout, is_local=self._is_local_text, on_end=self._dialog_ended
+        )
         self._local = {(lst.host, lst.port) for lst in self.listeners}
         # Branches of sipha's own requests: unique per process and start time.
         self.instance_id = _digest(id(self), clock.seconds())[:8]
@@ -119,8 +130,7 @@ class ProxyCore:
         if not data.strip(b"\r\n"):
             return  # keep-alive
         try:
-            message = parse_message(data, stream=source.reliable,
-                                    max_size=self.max_message_size)  # fmt: skip
+            message = parse_message(data, stream=source.reliable, max_size=self.max_message_size)
         except ParseError as error:
             self._reject(error, source, local)
             return
@@ -136,19 +146,28 @@ class ProxyCore:
         self.stats["parse_errors"] += 1
         request = error.request
         if request is None or request.method == "ACK":
-            log.debug("dropped unparseable message from {source}: {reason}", source=source,
-                      reason=error.reason)  # fmt: skip
+            log.debug(
+                "dropped unparseable message from {source}: {reason}",
+                source=source,
+                reason=error.reason,
+            )
             return
-        response = make_response(request, error.status, error.reason,
-                                 to_tag=_digest(source, request.call_id)[:10])  # fmt: skip
+        response = make_response(
+            request, error.status, error.reason, to_tag=_digest(source, request.call_id)[:10]
+        )
         try:
             peer = Peer("udp", *request.top_via.response_target("udp"))
         except ParseError:
             peer = source  # the Via is unusable: answer where it came from
         if source.reliable:
             peer = source
-        log.info("rejected request from {source}: {status} {reason}", source=source,
-                 status=error.status, reason=error.reason, call_id=request.call_id)  # fmt: skip
+        log.info(
+            "rejected request from {source}: {status} {reason}",
+            source=source,
+            status=error.status,
+            reason=error.reason,
+            call_id=request.call_id,
+        )
         self.send(response.serialize(), peer, local)
 
     def _on_response(self, response: Response) -> None:
@@ -189,7 +208,8 @@ class ProxyCore:
         if isinstance(decision, Reply):
             if request.method != "ACK":
                 self.layer.new_server(request, source, local).reply(
-                    decision.status, decision.reason, decision.headers)
+                    decision.status, decision.reason, decision.headers
+                )
             return
         assert isinstance(decision, Relay)
         if request.to_tag is not None:
@@ -267,8 +287,9 @@ class ProxyCore:
             return None
         return Peer(uri.transport, host, uri.effective_port), local
 
-    def send_request(self, request: Request, target: str | None, user: ClientUser,
-                     timeout: float | None = None) -> ClientTransaction | None:  # fmt: skip
+    def send_request(
+        self, request: Request, target: str | None, user: ClientUser, timeout: float | None = None
+    ) -> ClientTransaction | None:
         """Send a request of sipha's own (a probe, a BYE) statefully.
 
         ``target`` is the next hop; None means the request's own Route or R-URI.
@@ -289,8 +310,10 @@ class ProxyCore:
         return f"{self.instance_id}{self._branches:x}"
 
     def via_for(self, local: Any, branch: str) -> str:
-        return (f"SIP/2.0/{local.transport.upper()} "
-                f"{format_host_port(local.host, local.port)};branch={branch}")  # fmt: skip
+        return (
+            f"SIP/2.0/{local.transport.upper()} "
+            f"{format_host_port(local.host, local.port)};branch={branch}"
+        )
 
     def _forward_ack(self, request: Request, decision: Relay, loop_key: str) -> None:
         """An end-to-end ACK (for a 2xx) is forwarded statelessly (§16.11)."""
@@ -312,8 +335,9 @@ class ProxyCore:
         if invite is not None and isinstance(invite.user, ProxyContext):
             invite.user.cancel()
 
-    def _relay(self, request: Request, source: Peer, local: Any, decision: Relay,
-               loop_key: str) -> None:  # fmt: skip
+    def _relay(
+        self, request: Request, source: Peer, local: Any, decision: Relay, loop_key: str
+    ) -> None:
         server = self.layer.new_server(request, source, local)
         if request.method == "INVITE":
             server.reply(100)
@@ -338,14 +362,14 @@ _IGNORE = _IgnoreReplies()
 class ProxyContext:
     """One request being proxied: its server transaction and its branches (§16.7)."""
 
-    def __init__(self, core: ProxyCore, server: ServerTransaction, decision: Relay,
-                 loop_key: str):  # fmt: skip
+    def __init__(self, core: ProxyCore, server: ServerTransaction, decision: Relay, loop_key: str):
         self.core = core
         self.server = server
         self.request = server.request
         self.record_route = decision.record_route and self.request.to_tag is None
         self.targets: Iterator[str | None] = (
-            iter(decision.targets) if decision.targets is not None else iter([None]))
+            iter(decision.targets) if decision.targets is not None else iter([None])
+        )
         # Unique per process run: sipha's instance id and a counter.
         self.branch_prefix = f"{BRANCH_COOKIE}{loop_key}.{core.next_branch_id()}."
         self.branches: list[ClientTransaction] = []
@@ -369,8 +393,11 @@ class ProxyContext:
         for target in self.targets:
             hop = self.core.next_hop(target, self.request)
             if hop is None:
-                log.warn("cannot reach target {target}", target=target or self.request.uri,
-                         call_id=self.request.call_id)  # fmt: skip
+                log.warn(
+                    "cannot reach target {target}",
+                    target=target or self.request.uri,
+                    call_id=self.request.call_id,
+                )
                 continue
             if self.dialog is not None:
                 self.dialog.destination = target
@@ -381,7 +408,11 @@ class ProxyContext:
     def _fork(self, peer: Peer, local: Any) -> None:
         incoming = self.request
         out = Request(incoming.method, incoming.uri, list(incoming.headers), incoming.body)
-        out.call_id, out.cseq, out.cseq_method = incoming.call_id, incoming.cseq, incoming.cseq_method
+        out.call_id, out.cseq, out.cseq_method = (
+            incoming.call_id,
+            incoming.cseq,
+            incoming.cseq_method,
+        )
         out.from_tag, out.to_tag = incoming.from_tag, incoming.to_tag
         if self.record_route:
             for index, entry in enumerate(self._record_route(local)):
@@ -466,8 +497,10 @@ class ProxyContext:
     def _remember(self, response: Response) -> None:
         """Keep the best final reply so far (§16.7 step 6): 6xx wins, then the lowest class."""
         best = self.best
-        if best is None or response.status >= 600 or (
-            best.status < 600 and response.status // 100 < best.status // 100
+        if (
+            best is None
+            or response.status >= 600
+            or (best.status < 600 and response.status // 100 < best.status // 100)
         ):
             self.best = response
 
@@ -506,15 +539,27 @@ def _route_did(request: Request) -> str | None:
 def dialog_byes(dialog: Dialog) -> list[Request]:
     """BYE to the callee and to the caller of a dialog sipha ends itself."""
     to_callee = make_request(
-        "BYE", dialog.callee_contact or dialog.destination or dialog.to_uri,
-        from_uri=dialog.from_uri, from_tag=dialog.from_tag, to_uri=dialog.to_uri,
-        to_tag=dialog.to_tag, call_id=dialog.call_id, cseq=dialog.caller_cseq + 1,
-        routes=dialog.callee_route_set)  # fmt: skip
+        "BYE",
+        dialog.callee_contact or dialog.destination or dialog.to_uri,
+        from_uri=dialog.from_uri,
+        from_tag=dialog.from_tag,
+        to_uri=dialog.to_uri,
+        to_tag=dialog.to_tag,
+        call_id=dialog.call_id,
+        cseq=dialog.caller_cseq + 1,
+        routes=dialog.callee_route_set,
+    )
     to_caller = make_request(
-        "BYE", dialog.caller_contact or dialog.from_uri,
-        from_uri=dialog.to_uri, from_tag=dialog.to_tag or "", to_uri=dialog.from_uri,
-        to_tag=dialog.from_tag, call_id=dialog.call_id, cseq=dialog.callee_cseq + 1,
-        routes=dialog.caller_route_set)  # fmt: skip
+        "BYE",
+        dialog.caller_contact or dialog.from_uri,
+        from_uri=dialog.to_uri,
+        from_tag=dialog.to_tag or "",
+        to_uri=dialog.from_uri,
+        to_tag=dialog.from_tag,
+        call_id=dialog.call_id,
+        cseq=dialog.callee_cseq + 1,
+        routes=dialog.caller_route_set,
+    )
     return [to_callee, to_caller]
 
 

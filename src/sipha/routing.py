@@ -80,8 +80,14 @@ class ProxyState(Protocol):
 class RouteHelpers:
     """The functions a route calls; each one mirrors an OpenSIPS script function."""
 
-    def __init__(self, proxy: ProxyState, settings: RouteConfig, max_forwards: int,
-                 balancer: LoadBalancer, dispatcher: Dispatcher):  # fmt: skip
+    def __init__(
+        self,
+        proxy: ProxyState,
+        settings: RouteConfig,
+        max_forwards: int,
+        balancer: LoadBalancer,
+        dispatcher: Dispatcher,
+    ):
         self.proxy = proxy
         self.settings = settings
         self.default_max_forwards = max_forwards
@@ -167,8 +173,9 @@ class RouteHelpers:
         """``t_check_trans`` for a CANCEL: does it match a pending INVITE?"""
         return self.proxy.has_invite_transaction(request)
 
-    def load_balance(self, request: Request, group: int, resource: str,
-                     algorithm: str = "relative") -> Allocation | None:  # fmt: skip
+    def load_balance(
+        self, request: Request, group: int, resource: str, algorithm: str = "relative"
+    ) -> Allocation | None:
         """``load_balance(group, resource, algorithm)``: the call's allocation, or None.
 
         Iterating the allocation gives the least loaded destination, then the
@@ -213,8 +220,9 @@ def reference_route(request: Request, sip: RouteHelpers) -> Decision:
         return DROP  # an initial ACK matches nothing we sent
     settings = sip.settings
     if request.method == "INVITE":
-        targets = sip.load_balance(request, settings.lb_group, settings.lb_resource,
-                                   settings.lb_algorithm)  # fmt: skip
+        targets = sip.load_balance(
+            request, settings.lb_group, settings.lb_resource, settings.lb_algorithm
+        )
         return Relay(targets) if targets is not None else Reply(503)
     if request.method == "REGISTER":
         targets = sip.ds_select(request, settings.ds_set, settings.ds_algorithm)

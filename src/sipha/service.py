@@ -29,15 +29,21 @@ log = Log(namespace="sipha.service")
 def build_modules(config: Config) -> tuple[Dispatcher, LoadBalancer]:
     """Dispatcher and load balancer on the config file's lists (the tables come later)."""
     ds, lb = config.dispatcher, config.load_balancer
-    dispatcher = Dispatcher(ds.destination, probing_threshold=ds.probing_threshold,
-                            probing_mode=ds.probing_mode, reply_codes=ds.reply_codes)  # fmt: skip
-    balancer = LoadBalancer(lb.destination, probing_threshold=lb.probing_threshold,
-                            reply_codes=lb.reply_codes)  # fmt: skip
+    dispatcher = Dispatcher(
+        ds.destination,
+        probing_threshold=ds.probing_threshold,
+        probing_mode=ds.probing_mode,
+        reply_codes=ds.reply_codes,
+    )
+    balancer = LoadBalancer(
+        lb.destination, probing_threshold=lb.probing_threshold, reply_codes=lb.reply_codes
+    )
     return dispatcher, balancer
 
 
-def build_core(config: Config, clock: Any, send: Any,
-               modules: tuple[Dispatcher, LoadBalancer] | None = None) -> ProxyCore:  # fmt: skip
+def build_core(
+    config: Config, clock: Any, send: Any, modules: tuple[Dispatcher, LoadBalancer] | None = None
+) -> ProxyCore:
     """The sans-IO proxy for ``config``, on ``clock`` and writing through ``send``."""
     dispatcher, balancer = modules or build_modules(config)
     timers = config.timers
@@ -46,11 +52,15 @@ def build_core(config: Config, clock: Any, send: Any,
         return RouteHelpers(core, config.route, config.proxy.max_forwards, balancer, dispatcher)
 
     return ProxyCore(
-        clock, send, config.proxy.listen, config.route.load_function(),
+        clock,
+        send,
+        config.proxy.listen,
+        config.route.load_function(),
         TimerSettings(timers.t1, timers.t2, timers.t4, timers.fr_timer, timers.fr_inv_timer),
         max_message_size=config.proxy.max_message_size,
-        dialog_timeout=config.dialog.default_timeout, helpers_factory=helpers,
-    )  # fmt: skip
+        dialog_timeout=config.dialog.default_timeout,
+        helpers_factory=helpers,
+    )
 
 
 class SIPService(service.MultiService):
@@ -86,21 +96,31 @@ class SIPService(service.MultiService):
             self.transports.listen(listener, config.proxy.udp_receive_buffer)
         self.database = Database(config.database.resolved_url, self.reactor)
         dialogs = self.core.dialogs
-        self.store = DialogStore(self.database, self.reactor, config.dialog.db_mode,
-                                 update_period=config.dialog.db_update_period,
-                                 max_queue=config.dialog.queue_limit, live=dialogs)  # fmt: skip
+        self.store = DialogStore(
+            self.database,
+            self.reactor,
+            config.dialog.db_mode,
+            update_period=config.dialog.db_update_period,
+            max_queue=config.dialog.queue_limit,
+            live=dialogs,
+        )
         dialogs.observer = self.store
         self.control = Control(config, self.database, dispatcher, balancer, dialogs, self.store)
         for name, module, settings, interval in (
             ("dispatcher", dispatcher, config.dispatcher, config.dispatcher.ping_interval),
-            ("load_balancer", balancer, config.load_balancer,
-             config.load_balancer.probing_interval),
-        ):  # fmt: skip
+            (
+                "load_balancer",
+                balancer,
+                config.load_balancer,
+                config.load_balancer.probing_interval,
+            ),
+        ):
             if interval > 0:
                 method = getattr(settings, "ping_method", None) or settings.probing_method
                 from_uri = getattr(settings, "ping_from", None) or settings.probing_from
-                prober = Prober(name, self.core, module, interval=interval, method=method,
-                                from_uri=from_uri)  # fmt: skip
+                prober = Prober(
+                    name, self.core, module, interval=interval, method=method, from_uri=from_uri
+                )
                 prober.service(self.reactor).setServiceParent(self)
         # Operations: Manhole, control socket, /metrics, as configured (sipha.operations).
         from sipha.operations import add_operations
@@ -110,8 +130,7 @@ class SIPService(service.MultiService):
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, self._on_sighup)
         defer.ensureDeferred(self._load_tables()).chainDeferred(self.ready)
-        log.info("sipha {version} started with {config}", version=__version__,
-                 config=config.path)  # fmt: skip
+        log.info("sipha {version} started with {config}", version=__version__, config=config.path)
 
     async def _load_tables(self, dialogs: bool = True) -> None:
         """Create missing tables, take the destinations from them, then the calls in progress.
@@ -127,13 +146,15 @@ class SIPService(service.MultiService):
             if dialogs:
                 await self.control.reload_dialogs()
         except Exception as error:
-            log.error("database {database}: {error}; routing on the config file's destinations",
-                      database=self.database, error=error)  # fmt: skip
+            log.error(
+                "database {database}: {error}; routing on the config file's destinations",
+                database=self.database,
+                error=error,
+            )
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
         """``kill -HUP`` reloads the destination tables, like an MI ``ds_reload``/``lb_reload``."""
-        self.reactor.callFromThread(
-            lambda: defer.ensureDeferred(self._load_tables(dialogs=False)))
+        self.reactor.callFromThread(lambda: defer.ensureDeferred(self._load_tables(dialogs=False)))
 
     def stopService(self) -> defer.Deferred[None]:  # noqa: N802
         return defer.ensureDeferred(self._stop())

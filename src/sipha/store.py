@@ -119,17 +119,33 @@ class Database:
             # One writer at a time is all SQLite allows; a single thread avoids
             # "database is locked" and keeps the connection in one thread.
             self.pool = adbapi.ConnectionPool(
-                "sqlite3", path, check_same_thread=False, cp_min=1, cp_max=1,
-                cp_openfun=_sqlite_open, **options)
+                "sqlite3",
+                path,
+                check_same_thread=False,
+                cp_min=1,
+                cp_max=1,
+                cp_openfun=_sqlite_open,
+                **options,
+            )
             self.placeholder = "?"
             upsert = "ON CONFLICT (hash_entry, hash_id) DO UPDATE SET", "{0} = excluded.{0}"
         elif self.engine == "mysql":
             self.pool = adbapi.ConnectionPool(
-                "MySQLdb", host=parts.hostname or "localhost", port=parts.port or 3306,
-                user=unquote(parts.username or "root"), password=unquote(parts.password or ""),
-                database=parts.path.lstrip("/"), charset="utf8mb4", connect_timeout=5,
-                read_timeout=10, write_timeout=10, cp_reconnect=True, cp_min=1, cp_max=3,
-                **options)
+                "MySQLdb",
+                host=parts.hostname or "localhost",
+                port=parts.port or 3306,
+                user=unquote(parts.username or "root"),
+                password=unquote(parts.password or ""),
+                database=parts.path.lstrip("/"),
+                charset="utf8mb4",
+                connect_timeout=5,
+                read_timeout=10,
+                write_timeout=10,
+                cp_reconnect=True,
+                cp_min=1,
+                cp_max=3,
+                **options,
+            )
             self.placeholder = "%s"
             upsert = "ON DUPLICATE KEY UPDATE", "{0} = VALUES({0})"
         else:
@@ -140,7 +156,8 @@ class Database:
         self._dialog_upsert = self.sql(
             f"INSERT INTO dialog ({', '.join(DIALOG_COLUMNS)})"
             f" VALUES ({', '.join('?' * len(DIALOG_COLUMNS))}) {clause} "
-            + ", ".join(assign.format(column) for column in DIALOG_COLUMNS[2:]))
+            + ", ".join(assign.format(column) for column in DIALOG_COLUMNS[2:])
+        )
         self._dialog_delete = self.sql("DELETE FROM dialog WHERE hash_entry = ? AND hash_id = ?")
 
     def __repr__(self) -> str:
@@ -171,30 +188,46 @@ class Database:
     async def dispatcher_rows(self) -> list[DispatcherRow]:
         rows = await self.pool.runQuery(
             "SELECT id, setid, destination, state, flags, weight, priority, attrs, description"
-            " FROM dispatcher ORDER BY id")
+            " FROM dispatcher ORDER BY id"
+        )
         return [
-            DispatcherRow(id=row[0], setid=row[1], destination=row[2], state=row[3] or row[4],
-                          weight=_int(row[5], 1), priority=row[6] or 0, attrs=row[7] or "",
-                          description=row[8] or "")
+            DispatcherRow(
+                id=row[0],
+                setid=row[1],
+                destination=row[2],
+                state=row[3] or row[4],
+                weight=_int(row[5], 1),
+                priority=row[6] or 0,
+                attrs=row[7] or "",
+                description=row[8] or "",
+            )
             for row in rows
         ]
 
     async def load_balancer_rows(self) -> list[LoadBalancerRow]:
         rows = await self.pool.runQuery(
             "SELECT id, group_id, dst_uri, resources, probe_mode, description"
-            " FROM load_balancer ORDER BY id")
+            " FROM load_balancer ORDER BY id"
+        )
         return [
-            LoadBalancerRow(id=row[0], group_id=row[1], dst_uri=row[2], resources=row[3],
-                            probe_mode=row[4] if row[4] is not None else 2,
-                            description=row[5] or "")
+            LoadBalancerRow(
+                id=row[0],
+                group_id=row[1],
+                dst_uri=row[2],
+                resources=row[3],
+                probe_mode=row[4] if row[4] is not None else 2,
+                description=row[5] or "",
+            )
             for row in rows
         ]
 
     async def dialog_rows(self) -> list[DialogRow]:
         rows = await self.pool.runQuery(
-            f"SELECT id, {', '.join(DIALOG_COLUMNS)} FROM dialog ORDER BY id")
-        return [DialogRow(id=row[0], **dict(zip(DIALOG_COLUMNS, row[1:], strict=True)))
-                for row in rows]  # fmt: skip
+            f"SELECT id, {', '.join(DIALOG_COLUMNS)} FROM dialog ORDER BY id"
+        )
+        return [
+            DialogRow(id=row[0], **dict(zip(DIALOG_COLUMNS, row[1:], strict=True))) for row in rows
+        ]
 
     def write_dialogs(self, writes: Sequence[DialogRow | tuple[int, int]]) -> Deferred[None]:
         """Upsert each row and delete each ``(hash_entry, hash_id)``, in order, in one transaction.
@@ -204,9 +237,10 @@ class Database:
         """
         batches = [
             (self._dialog_upsert, [tuple(getattr(w, c) for c in DIALOG_COLUMNS) for w in group])
-            if is_row else (self._dialog_delete, list(group))
+            if is_row
+            else (self._dialog_delete, list(group))
             for is_row, group in itertools.groupby(writes, lambda w: isinstance(w, DialogRow))
-        ]  # fmt: skip
+        ]
 
         def write(cursor: Any) -> None:
             for statement, parameters in batches:

@@ -114,11 +114,28 @@ def server_key(request: Request, method: str | None = None) -> tuple[Any, ...]:
 class ServerTransaction:
     """The proxy's server side of one request (§17.2.1 INVITE, §17.2.2 non-INVITE)."""
 
-    __slots__ = ("layer", "key", "request", "source", "local", "state", "last_response",
-                 "timers", "user", "_to_tag", "_interval")  # fmt: skip
+    __slots__ = (
+        "layer",
+        "key",
+        "request",
+        "source",
+        "local",
+        "state",
+        "last_response",
+        "timers",
+        "user",
+        "_to_tag",
+        "_interval",
+    )
 
-    def __init__(self, layer: TransactionLayer, key: tuple[Any, ...], request: Request,
-                 source: Peer, local: Any):  # fmt: skip
+    def __init__(
+        self,
+        layer: TransactionLayer,
+        key: tuple[Any, ...],
+        request: Request,
+        source: Peer,
+        local: Any,
+    ):
         self.layer = layer
         self.key = key
         self.request = request
@@ -142,11 +159,13 @@ class ServerTransaction:
             self._to_tag = self.layer.make_tag(self.key)
         return self._to_tag
 
-    def reply(self, status: int, reason: str | None = None,
-              extra: tuple[tuple[str, str], ...] = ()) -> None:  # fmt: skip
+    def reply(
+        self, status: int, reason: str | None = None, extra: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         """Answer with a locally generated response."""
-        self.send_response(make_response(self.request, status, reason, to_tag=self.to_tag,
-                                         extra=extra))  # fmt: skip
+        self.send_response(
+            make_response(self.request, status, reason, to_tag=self.to_tag, extra=extra)
+        )
 
     def send_response(self, response: Response) -> None:
         status = response.status
@@ -228,11 +247,33 @@ class ClientTransaction:
     Timer F (64*T1 from its start).
     """
 
-    __slots__ = ("layer", "key", "request", "data", "peer", "local", "user", "state",
-                 "timers", "started", "provisional", "_interval", "final", "cancel_sent", "timeout")  # fmt: skip
+    __slots__ = (
+        "layer",
+        "key",
+        "request",
+        "data",
+        "peer",
+        "local",
+        "user",
+        "state",
+        "timers",
+        "started",
+        "provisional",
+        "_interval",
+        "final",
+        "cancel_sent",
+        "timeout",
+    )
 
-    def __init__(self, layer: TransactionLayer, request: Request, peer: Peer, local: Any,
-                 user: ClientUser, timeout: float | None = None):  # fmt: skip
+    def __init__(
+        self,
+        layer: TransactionLayer,
+        request: Request,
+        peer: Peer,
+        local: Any,
+        user: ClientUser,
+        timeout: float | None = None,
+    ):
         self.layer = layer
         self.timeout = timeout if timeout is not None else layer.timers.fr_timer
         self.request = request
@@ -385,8 +426,13 @@ def build_cancel(invite: Request, reason: str | None = None) -> Request:
 class TransactionLayer:
     """Transaction tables, timers and the send callable shared by every transaction."""
 
-    def __init__(self, clock: Clock, send: Send, timers: TimerSettings,
-                 make_tag: Callable[[tuple[Any, ...]], str]):  # fmt: skip
+    def __init__(
+        self,
+        clock: Clock,
+        send: Send,
+        timers: TimerSettings,
+        make_tag: Callable[[tuple[Any, ...]], str],
+    ):
         self.clock = clock
         self.send = send
         self.timers = timers

@@ -133,17 +133,25 @@ class Transports:
     def listen(self, listener: ListenAddress, receive_buffer: int) -> None:
         if listener.transport == "udp":
             port = self.reactor.listenUDP(
-                listener.port, SIPDatagramProtocol(self.core, listener),
-                interface=listener.host, maxPacketSize=65535)  # fmt: skip
+                listener.port,
+                SIPDatagramProtocol(self.core, listener),
+                interface=listener.host,
+                maxPacketSize=65535,
+            )
             granted = set_receive_buffer(port.socket, receive_buffer)
             if granted < receive_buffer:
-                log.warn("{listener}: receive buffer is {granted} bytes, not {wanted}: "
-                         "raise net.core.rmem_max", listener=listener, granted=granted,
-                         wanted=receive_buffer)  # fmt: skip
+                log.warn(
+                    "{listener}: receive buffer is {granted} bytes, not {wanted}: "
+                    "raise net.core.rmem_max",
+                    listener=listener,
+                    granted=granted,
+                    wanted=receive_buffer,
+                )
             self.udp[listener] = port
         else:
             self.tcp[listener] = self.reactor.listenTCP(
-                listener.port, SIPStreamFactory(self, listener), interface=listener.host)
+                listener.port, SIPStreamFactory(self, listener), interface=listener.host
+            )
         log.info("sipha listening on {listener}", listener=listener)
 
     async def stop(self) -> None:
@@ -159,8 +167,12 @@ class Transports:
             # A host name in a URI: resolve it (A/AAAA) and send when known.
             self.reactor.resolve(peer.host).addCallbacks(
                 lambda ip: self.send(data, peer._replace(host=ip), local),
-                lambda failure: log.warn("cannot resolve {host}: {error}", host=peer.host,
-                                         error=failure.getErrorMessage()))  # fmt: skip
+                lambda failure: log.warn(
+                    "cannot resolve {host}: {error}",
+                    host=peer.host,
+                    error=failure.getErrorMessage(),
+                ),
+            )
             return
         if peer.transport == "udp":
             port = self.udp.get(local)
@@ -187,8 +199,9 @@ class Transports:
         factory.buildProtocol = lambda addr: connection  # type: ignore[method-assign]
 
         def failed(_connector: Any, reason: Any) -> None:
-            log.info("cannot connect to {peer}: {reason}", peer=peer,
-                     reason=reason.getErrorMessage())  # fmt: skip
+            log.info(
+                "cannot connect to {peer}: {reason}", peer=peer, reason=reason.getErrorMessage()
+            )
             if self.connections.get((peer.host, peer.port)) is connection:
                 del self.connections[(peer.host, peer.port)]
 

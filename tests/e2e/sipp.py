@@ -306,10 +306,21 @@ def run_caller(
     """
     __tracebackhide__ = True
     caller = start_caller(
-        scenario, target, calls=calls, rate=rate, limit=limit, transport=transport,
-        hold_ms=hold_ms, local_port=local_port, timeout=timeout, recv_timeout=recv_timeout,
-        service=service, trace_msg=trace_msg, workdir=workdir, extra=extra,
-    )  # fmt: skip
+        scenario,
+        target,
+        calls=calls,
+        rate=rate,
+        limit=limit,
+        transport=transport,
+        hold_ms=hold_ms,
+        local_port=local_port,
+        timeout=timeout,
+        recv_timeout=recv_timeout,
+        service=service,
+        trace_msg=trace_msg,
+        workdir=workdir,
+        extra=extra,
+    )
     return caller.wait(check=check)
 
 
@@ -352,9 +363,12 @@ class Caller:
             killed = False
         files = self.files
         self.result = result = SippResult.collect(
-            returncode, log_tail(files.stdout, 1 << 20), log_tail(files.stderr), files,
+            returncode,
+            log_tail(files.stdout, 1 << 20),
+            log_tail(files.stderr),
+            files,
             self.command,
-        )  # fmt: skip
+        )
         if killed:
             pytest.fail(f"sipp ignored its own -timeout and was killed\n{result.describe()}")
         if check and (returncode != 0 or result.failed or result.successful < self.calls):

@@ -302,9 +302,13 @@ class PrivateMariaDB:
         import MySQLdb
 
         return MySQLdb.connect(
-            host="127.0.0.1", port=self.port, user="root", password="",
-            connect_timeout=timeout, **({"database": database} if database else {}),
-        )  # fmt: skip
+            host="127.0.0.1",
+            port=self.port,
+            user="root",
+            password="",
+            connect_timeout=timeout,
+            **({"database": database} if database else {}),
+        )
 
     def start(self, timeout: float = 30.0) -> None:
         """Start mariadbd and wait until it takes connections on its port."""
@@ -402,9 +406,15 @@ def test_database_outage_during_calls(
     wait_for_dialog_table(url)
 
     load = background(
-        sipp_caller, "uac.xml", proxy.address, calls=LOAD_CALLS, rate=LOAD_RATE,
-        hold_ms=LOAD_HOLD_MS, timeout=60, check=False,
-    )  # fmt: skip
+        sipp_caller,
+        "uac.xml",
+        proxy.address,
+        calls=LOAD_CALLS,
+        rate=LOAD_RATE,
+        hold_ms=LOAD_HOLD_MS,
+        timeout=60,
+        check=False,
+    )
     # Mid-load: the calls of the first second and a half have their rows.
     written = wait_for_rows(url, lambda rows: len(rows) >= 15, timeout=5)
     assert len(written) >= 15, f"sipha wrote too few dialogs before the outage: {written}"
@@ -415,9 +425,14 @@ def test_database_outage_during_calls(
     private_mariadb.stop()
     went_down, before = time.monotonic(), total()
     outlasting = background(
-        held_calls, sipp_caller, proxy, OUTLASTING, OUTLASTING_HOLD_MS,
-        extra=["-cid_str", "outlasting-%u-%p@%s"], check=False,
-    )  # fmt: skip
+        held_calls,
+        sipp_caller,
+        proxy,
+        OUTLASTING,
+        OUTLASTING_HOLD_MS,
+        extra=["-cid_str", "outlasting-%u-%p@%s"],
+        check=False,
+    )
     time.sleep(max(0.0, went_down + OUTAGE - time.monotonic()))
     during = total() - before
     private_mariadb.start()

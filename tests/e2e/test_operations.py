@@ -44,8 +44,14 @@ def ctl(*args: str, socket_path: Path | None = None) -> subprocess.CompletedProc
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
     where = ["--socket", str(socket_path)] if socket_path is not None else []
-    return subprocess.run([*ctl_command(), *where, *args], capture_output=True, text=True,
-                          timeout=30, env=env, check=False)  # fmt: skip
+    return subprocess.run(
+        [*ctl_command(), *where, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        check=False,
+    )
 
 
 def ctl_json(proxy: sipp.SiphaProxy, *args: str) -> Any:
@@ -54,18 +60,25 @@ def ctl_json(proxy: sipp.SiphaProxy, *args: str) -> Any:
     return json.loads(result.stdout)
 
 
-def start(sipha_proxy: Callable[..., sipp.SiphaProxy], servers: list[sipp.MediaServer],
-          **sections: Mapping[str, object]) -> sipp.SiphaProxy:  # fmt: skip
+def start(
+    sipha_proxy: Callable[..., sipp.SiphaProxy],
+    servers: list[sipp.MediaServer],
+    **sections: Mapping[str, object],
+) -> sipp.SiphaProxy:
     port = sipp.free_port()
-    return sipha_proxy(listen=[f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}"],
-                       destinations=[s.uri for s in servers],
-                       sections={**NO_PROBES, **sections})  # fmt: skip
+    return sipha_proxy(
+        listen=[f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}"],
+        destinations=[s.uri for s in servers],
+        sections={**NO_PROBES, **sections},
+    )
 
 
 def loads(proxy: sipp.SiphaProxy) -> dict[str, int]:
     """Load-balancer units in use by destination URI, as sipha-ctl reports them."""
-    return {d["uri"]: d["resources"][0]["load"]
-            for d in ctl_json(proxy, "destinations")["load_balancer"]}  # fmt: skip
+    return {
+        d["uri"]: d["resources"][0]["load"]
+        for d in ctl_json(proxy, "destinations")["load_balancer"]
+    }
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -85,11 +98,19 @@ def test_ctl_matches_calls_in_progress_and_disabling_drains(
 ) -> None:
     fs1, fs2 = media_server(sipp.free_port()), media_server(sipp.free_port())
     proxy = start(sipha_proxy, [fs1, fs2])
-    held = background_caller("uac.xml", proxy.address, calls=4, rate=100, limit=4,
-                             hold_ms=4000, timeout=30)  # fmt: skip
+    held = background_caller(
+        "uac.xml", proxy.address, calls=4, rate=100, limit=4, hold_ms=4000, timeout=30
+    )
 
-    dialogs = wait_for(lambda: [d for d in ctl_json(proxy, "dialogs") if d["state"] == "confirmed"]
-                       if len(ctl_json(proxy, "dialogs")) == 4 else None, 5, "4 dialogs up")  # fmt: skip
+    dialogs = wait_for(
+        lambda: (
+            [d for d in ctl_json(proxy, "dialogs") if d["state"] == "confirmed"]
+            if len(ctl_json(proxy, "dialogs")) == 4
+            else None
+        ),
+        5,
+        "4 dialogs up",
+    )
     assert len(dialogs) == 4
     assert sorted(d["destination"] for d in dialogs) == [fs1.uri, fs1.uri, fs2.uri, fs2.uri]
     assert loads(proxy) == {fs1.uri: 2, fs2.uri: 2}
@@ -98,25 +119,33 @@ def test_ctl_matches_calls_in_progress_and_disabling_drains(
     table = ctl("destinations", socket_path=socket_path)
     assert table.returncode == 0, table.stderr
     for uri in (fs1.uri, fs2.uri):
-        assert re.search(rf"^\d+\s+1\s+{re.escape(uri)}\s+enabled\s+pstn=2/32\s", table.stdout,
-                         re.M), table.stdout  # fmt: skip
+        assert re.search(
+            rf"^\d+\s+1\s+{re.escape(uri)}\s+enabled\s+pstn=2/32\s", table.stdout, re.M
+        ), table.stdout
         assert re.search(rf"^1\s+{re.escape(uri)}\s+active\s", table.stdout, re.M), table.stdout
     listing = ctl("dialogs", socket_path=socket_path)
     assert listing.returncode == 0, listing.stderr
     assert listing.stdout.startswith("4 dialogs\n")
     for dialog in dialogs:
-        assert re.search(rf"^{re.escape(dialog['call_id'])}\s+confirmed\s+"
-                         rf"{re.escape(dialog['destination'])}\s", listing.stdout, re.M)  # fmt: skip
+        assert re.search(
+            rf"^{re.escape(dialog['call_id'])}\s+confirmed\s+"
+            rf"{re.escape(dialog['destination'])}\s",
+            listing.stdout,
+            re.M,
+        )
 
     # Drain FS1: its calls stay up, new calls all go to FS2.
     drained = ctl("disable", fs1.uri, socket_path=socket_path)
     assert drained.returncode == 0, drained.stderr
     state = ctl_json(proxy, "destinations")
     assert [(d["uri"], d["enabled"], d["reason"]) for d in state["load_balancer"]] == [
-        (fs1.uri, False, "operator"), (fs2.uri, True, None)]  # fmt: skip
+        (fs1.uri, False, "operator"),
+        (fs2.uri, True, None),
+    ]
     assert [d["state"] for d in state["dispatcher"]] == ["inactive", "active"]
-    more = background_caller("uac.xml", proxy.address, calls=2, rate=100, limit=2,
-                             hold_ms=1500, timeout=30)  # fmt: skip
+    more = background_caller(
+        "uac.xml", proxy.address, calls=2, rate=100, limit=2, hold_ms=1500, timeout=30
+    )
     wait_for(lambda: loads(proxy) == {fs1.uri: 2, fs2.uri: 4}, 5, "2 more calls on FS2 only")
     more.wait()
     held.wait()
@@ -134,19 +163,30 @@ def test_ctl_matches_calls_in_progress_and_disabling_drains(
     proxy.stop()
     stopped = ctl("destinations", socket_path=socket_path)
     assert stopped.returncode == 3
-    assert stopped.stderr == f"sipha-ctl: sipha is not running: no control socket at {socket_path}\n"
+    assert (
+        stopped.stderr == f"sipha-ctl: sipha is not running: no control socket at {socket_path}\n"
+    )
 
 
 def test_ctl_ends_a_call_with_bye_both_ways(sipha_proxy, media_server, background_caller) -> None:
     fs1 = media_server(sipp.free_port())
     proxy = start(sipha_proxy, [fs1])
-    held = background_caller("uac.xml", proxy.address, calls=2, rate=100, limit=2,
-                             hold_ms=5000, timeout=30)  # fmt: skip
-    dialogs = wait_for(lambda: (found := ctl_json(proxy, "dialogs")) and len(found) == 2
-                       and all(d["state"] == "confirmed" for d in found) and found, 5,
-                       "2 calls up")  # fmt: skip
-    ended = ctl("dialogs", "end", dialogs[0]["call_id"],
-                socket_path=proxy.directory / "control.sock")  # fmt: skip
+    held = background_caller(
+        "uac.xml", proxy.address, calls=2, rate=100, limit=2, hold_ms=5000, timeout=30
+    )
+    dialogs = wait_for(
+        lambda: (
+            (found := ctl_json(proxy, "dialogs"))
+            and len(found) == 2
+            and all(d["state"] == "confirmed" for d in found)
+            and found
+        ),
+        5,
+        "2 calls up",
+    )
+    ended = ctl(
+        "dialogs", "end", dialogs[0]["call_id"], socket_path=proxy.directory / "control.sock"
+    )
     assert (ended.returncode, ended.stdout) == (0, "1 dialog(s) ended\n"), ended.stderr
     assert [d["call_id"] for d in ctl_json(proxy, "dialogs")] == [dialogs[1]["call_id"]]
     assert loads(proxy) == {fs1.uri: 1}
@@ -154,11 +194,18 @@ def test_ctl_ends_a_call_with_bye_both_ways(sipha_proxy, media_server, backgroun
     assert sipp.wait_for_total([fs1], 1, timeout=2) == 1
     result = held.wait(check=False)
     assert (result.successful, result.failed) == (1, 1), result.describe()  # the caller got a BYE
-    again = ctl("dialogs", "end", dialogs[0]["call_id"], socket_path=proxy.directory / "control.sock")
-    assert (again.returncode, again.stderr) == (1, f"sipha-ctl: no dialog with Call-ID {dialogs[0]['call_id']}\n")
+    again = ctl(
+        "dialogs", "end", dialogs[0]["call_id"], socket_path=proxy.directory / "control.sock"
+    )
+    assert (again.returncode, again.stderr) == (
+        1,
+        f"sipha-ctl: no dialog with Call-ID {dialogs[0]['call_id']}\n",
+    )
 
 
-def test_ctl_finds_sipha_without_being_told(sipha_proxy, media_server, tmp_path, monkeypatch) -> None:
+def test_ctl_finds_sipha_without_being_told(
+    sipha_proxy, media_server, tmp_path, monkeypatch
+) -> None:
     """With ``[control] socket = ""`` (the sample config), sipha-ctl needs no arguments."""
     from sipha.ctl import default_socket_path
 
@@ -177,7 +224,7 @@ def test_ctl_finds_sipha_without_being_told(sipha_proxy, media_server, tmp_path,
 # --------------------------------------------------------------------------- metrics and logs
 
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$')
+_SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
@@ -213,17 +260,25 @@ def test_metrics_follow_the_calls_and_logs_are_json_lines(
 ) -> None:
     fs1, fs2 = media_server(sipp.free_port()), media_server(sipp.free_port())
     port = sipp.free_tcp_port()
-    proxy = start(sipha_proxy, [fs1, fs2], metrics={"listen": f"tcp:{port}:interface=127.0.0.1"},
-                  log={"format": "json"})  # fmt: skip
+    proxy = start(
+        sipha_proxy,
+        [fs1, fs2],
+        metrics={"listen": f"tcp:{port}:interface=127.0.0.1"},
+        log={"format": "json"},
+    )
     before = scrape(port)
     assert before("sipha_requests_received_total", 0, method="INVITE") == 0
     assert before("sipha_dialogs", state="confirmed") == 0
     assert before("sipha_lb_destination_up", group=1, uri=fs1.uri) == 1
 
-    calls = background_caller("uac.xml", proxy.address, calls=4, rate=100, limit=4,
-                              hold_ms=3000, timeout=30)  # fmt: skip
-    during = wait_for(lambda: (m := scrape(port))("sipha_dialogs", state="confirmed") == 4 and m,
-                      5, "4 confirmed dialogs in /metrics")  # fmt: skip
+    calls = background_caller(
+        "uac.xml", proxy.address, calls=4, rate=100, limit=4, hold_ms=3000, timeout=30
+    )
+    during = wait_for(
+        lambda: (m := scrape(port))("sipha_dialogs", state="confirmed") == 4 and m,
+        5,
+        "4 confirmed dialogs in /metrics",
+    )
     assert during("sipha_requests_received_total", method="INVITE") == 4
     assert during("sipha_requests_received_total", method="ACK") == 4
     assert during("sipha_requests_received_total", 0, method="BYE") == 0
@@ -243,15 +298,20 @@ def test_metrics_follow_the_calls_and_logs_are_json_lines(
         sock.settimeout(2)
         sock.bind(("127.0.0.1", 0))
         via = f"127.0.0.1:{sock.getsockname()[1]}"
-        bad = (f"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch=z9hG4bKx1\r\n"
-               "From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\n"
-               f"Call-ID: {call_id}\r\nCSeq: x OPTIONS\r\nContent-Length: 0\r\n\r\n")  # fmt: skip
+        bad = (
+            f"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch=z9hG4bKx1\r\n"
+            "From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: x OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
         sock.sendto(bad.encode(), sipp.split_hostport(proxy.address))
         assert sock.recv(65535).startswith(b"SIP/2.0 400 Bad CSeq")
 
     calls.wait()
-    after = wait_for(lambda: (m := scrape(port))("sipha_dialogs", state="confirmed") == 0 and m,
-                     5, "no dialogs left in /metrics")  # fmt: skip
+    after = wait_for(
+        lambda: (m := scrape(port))("sipha_dialogs", state="confirmed") == 0 and m,
+        5,
+        "no dialogs left in /metrics",
+    )
     assert after("sipha_requests_received_total", method="BYE") == 4
     assert after("sipha_requests_received_total", method="INVITE") == 4
     assert after("sipha_responses_received_total", code=200) == 8  # INVITEs and BYEs
@@ -272,16 +332,36 @@ def test_metrics_follow_the_calls_and_logs_are_json_lines(
 
 
 def ssh_keygen(path: Path) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", str(path)],
-                   check=True, timeout=30)  # fmt: skip
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", str(path)],
+        check=True,
+        timeout=30,
+    )
     return path
 
 
 def ssh_command(key: Path, port: int, *extra: str) -> list[str]:
-    return ["ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes",
-            "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-            "-o", "ConnectTimeout=5", *extra, "operator@127.0.0.1"]  # fmt: skip
+    return [
+        "ssh",
+        "-i",
+        str(key),
+        "-p",
+        str(port),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=5",
+        *extra,
+        "operator@127.0.0.1",
+    ]
 
 
 class Session:
@@ -290,8 +370,9 @@ class Session:
     ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 
     def __init__(self, command: list[str]):
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT)  # fmt: skip
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         self.output = bytearray()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -339,13 +420,21 @@ def test_manhole_over_ssh_reads_live_state_and_refuses_a_wrong_key(
     authorized.write_text(Path(f"{key}.pub").read_text())
     fs1, fs2 = media_server(sipp.free_port()), media_server(sipp.free_port())
     port = sipp.free_tcp_port()
-    proxy = start(sipha_proxy, [fs1, fs2], manhole={
-        "enabled": True, "listen": f"tcp:{port}:interface=127.0.0.1",
-        "authorized_keys": str(authorized)})  # fmt: skip
+    proxy = start(
+        sipha_proxy,
+        [fs1, fs2],
+        manhole={
+            "enabled": True,
+            "listen": f"tcp:{port}:interface=127.0.0.1",
+            "authorized_keys": str(authorized),
+        },
+    )
     # The host key was generated beside the database, for the next start.
     assert (proxy.directory / "manhole_host_key").stat().st_mode & 0o777 == 0o600
 
-    assert ctl("lb", "disable", fs2.uri, socket_path=proxy.directory / "control.sock").returncode == 0
+    assert (
+        ctl("lb", "disable", fs2.uri, socket_path=proxy.directory / "control.sock").returncode == 0
+    )
     session = Session(ssh_command(key, port, "-tt"))
     try:
         session.expect(r">>> ")
@@ -360,7 +449,13 @@ def test_manhole_over_ssh_reads_live_state_and_refuses_a_wrong_key(
     finally:
         session.close()
 
-    refused = subprocess.run(ssh_command(stranger, port, "-T"), capture_output=True, text=True,
-                             timeout=20, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    refused = subprocess.run(
+        ssh_command(stranger, port, "-T"),
+        capture_output=True,
+        text=True,
+        timeout=20,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     assert refused.returncode == 255
     assert "Permission denied" in refused.stderr

@@ -81,7 +81,7 @@ def invite(
     lines = [
         f"{method} {uri} SIP/2.0",
         via or f"Via: SIP/2.0/UDP 192.0.2.10:5062;branch={branch}",
-        "From: \"caller\" <sip:alice@192.0.2.10:5062>;tag=from-1",
+        'From: "caller" <sip:alice@192.0.2.10:5062>;tag=from-1',
         f"To: <sip:service@127.0.0.1:5060>{f';tag={to_tag}' if to_tag else ''}",
         f"Call-ID: {call_id}",
         f"CSeq: {cseq} {method}",
@@ -96,8 +96,15 @@ def invite(
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def reply(request: Request, status: int, reason: str = "X", *, to_tag: str = "uas-1",
-          record_route: bool = True, contact: str = "<sip:fs@127.0.0.1:5071>") -> bytes:  # fmt: skip
+def reply(
+    request: Request,
+    status: int,
+    reason: str = "X",
+    *,
+    to_tag: str = "uas-1",
+    record_route: bool = True,
+    contact: str = "<sip:fs@127.0.0.1:5071>",
+) -> bytes:
     """A media server's reply to ``request`` (as it arrived there), as bytes."""
     lines = [f"SIP/2.0 {status} {reason}"]
     for key, name, value in request.headers:

@@ -43,8 +43,11 @@ def test_answered_call_goes_through_every_state_and_bye_releases_once():
     assert dialog.to_tag == "uas-1"
     dialogs.in_dialog(dialog, parsed(invite(method="ACK", to_tag="uas-1")))
     assert dialog.state is DialogState.CONFIRMED
-    bye_from_callee = parsed(invite(method="BYE", to_tag="from-1", cseq=5).replace(
-        b"tag=from-1\r\nTo", b"tag=uas-1\r\nTo"))  # fmt: skip
+    bye_from_callee = parsed(
+        invite(method="BYE", to_tag="from-1", cseq=5).replace(
+            b"tag=from-1\r\nTo", b"tag=uas-1\r\nTo"
+        )
+    )
     assert dialogs.match(bye_from_callee) is dialog
     dialogs.in_dialog(dialog, bye_from_callee)
     dialogs.end(dialog, "bye")
@@ -89,8 +92,15 @@ def test_proxy_releases_the_load_balancer_unit_on_failure_and_on_bye():
     core.receive(reply(forwarded, 200), fs1, UDP_IN)
     assert len(core.dialogs) == 1
     assert balancer.load("sip:127.0.0.1:5071") == {"pstn": 1}
-    bye = invite(method="BYE", uri="sip:fs@127.0.0.1:5071", call_id="call-2", to_tag="uas-1",
-                 cseq=2, branch="z9hG4bK-3", routes=("<sip:127.0.0.1:5060;lr>",))  # fmt: skip
+    bye = invite(
+        method="BYE",
+        uri="sip:fs@127.0.0.1:5071",
+        call_id="call-2",
+        to_tag="uas-1",
+        cseq=2,
+        branch="z9hG4bK-3",
+        routes=("<sip:127.0.0.1:5060;lr>",),
+    )
     core.receive(bye, CALLER, UDP_IN)
     assert balancer.load("sip:127.0.0.1:5071") == {"pstn": 0}
     assert len(core.dialogs) == 0
@@ -128,9 +138,13 @@ def test_route_sets_are_split_at_our_own_record_route():
     dialogs = Dialogs(clock, is_local=lambda uri: "127.0.0.1:5060" in uri)
     request = parsed(invite())
     dialog = dialogs.create(request)
-    response = parsed(reply(request, 200).replace(
-        b"Content-Length", b"Record-Route: <sip:callee-proxy;lr>, <sip:127.0.0.1:5060;lr>, "
-        b"<sip:edge-a;lr>\r\nRecord-Route: <sip:edge-b;lr>\r\nContent-Length"))  # fmt: skip
+    response = parsed(
+        reply(request, 200).replace(
+            b"Content-Length",
+            b"Record-Route: <sip:callee-proxy;lr>, <sip:127.0.0.1:5060;lr>, "
+            b"<sip:edge-a;lr>\r\nRecord-Route: <sip:edge-b;lr>\r\nContent-Length",
+        )
+    )
     dialogs.answered(dialog, response)
     assert dialog.callee_route_set == ["<sip:callee-proxy;lr>"]
     assert dialog.caller_route_set == ["<sip:edge-b;lr>", "<sip:edge-a;lr>"]
@@ -144,7 +158,8 @@ def test_record_route_carries_the_did_and_an_expired_call_gets_bye_both_ways():
     forwarded = wire.take()[1].message
     (dialog,) = core.dialogs
     assert forwarded.get("record-route") == (
-        f"<sip:127.0.0.1:5060;lr;ftag=from-1;did={dialog.did}>")
+        f"<sip:127.0.0.1:5060;lr;ftag=from-1;did={dialog.did}>"
+    )
     core.receive(reply(forwarded, 200), Peer("udp", "127.0.0.1", 5071), UDP_IN)
     wire.take()
     clock.advance(43200)

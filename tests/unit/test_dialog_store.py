@@ -73,8 +73,18 @@ class FakeDatabase:
 
 
 def call(n: int, state: DialogState = DialogState.CONFIRMED_NA) -> Dialog:
-    return Dialog(1, n, f"call-{n}", "sip:a@x", f"ft{n}", "sip:b@y", to_tag=f"tt{n}",
-                  state=state, start_time=100.0, timeout_at=200.0)  # fmt: skip
+    return Dialog(
+        1,
+        n,
+        f"call-{n}",
+        "sip:a@x",
+        f"ft{n}",
+        "sip:b@y",
+        to_tag=f"tt{n}",
+        state=state,
+        start_time=100.0,
+        timeout_at=200.0,
+    )
 
 
 class Live:
@@ -138,8 +148,15 @@ def test_one_write_in_flight_and_what_changes_meanwhile_follows_it():
     store.changed(one)
     clock.advance(0)
     assert len(database.pending) == 1
-    assert store.stats == {"queued": 2, "written": 0, "errors": 0, "overflows": 0,
-                           "in_flight": 1, "connected": True, "out_of_sync": False}  # fmt: skip
+    assert store.stats == {
+        "queued": 2,
+        "written": 0,
+        "errors": 0,
+        "overflows": 0,
+        "in_flight": 1,
+        "connected": True,
+        "out_of_sync": False,
+    }
     assert described(database.finish()) == ["+1"]
     clock.advance(0)
     assert described(database.finish()) == ["+2", "+1/4"]
@@ -414,8 +431,10 @@ def test_load_drops_expired_and_deleted_rows_and_marks_the_rest_as_written(mode)
     gone = ["-2", "-3"] if mode == 1 else ["-2", "-3", "-1", "-4"]  # mode 3 empties the table
     assert described(database.finish()) == gone
     [loaded] = result
-    assert [(d.h_id, d.state) for d in loaded] == [(1, DialogState.CONFIRMED),
-                                                   (4, DialogState.CONFIRMED_NA)]  # fmt: skip
+    assert [(d.h_id, d.state) for d in loaded] == [
+        (1, DialogState.CONFIRMED),
+        (4, DialogState.CONFIRMED_NA),
+    ]
     store.deleted(loaded[0])  # a restored call that ends has its row deleted (mode 1)
     clock.advance(0)
     assert [described(writes) for writes, _ in database.pending] == ([["-1"]] if mode == 1 else [])
@@ -436,22 +455,53 @@ def test_the_row_carries_the_load_balancer_binding_and_reads_back():
             pass
 
     dialog = Dialog(
-        5, 77, "cid@h", "sip:alice@a", "ft", "sip:bob@b", to_tag="tt", caller_cseq=3,
-        callee_cseq=9, caller_contact="sip:alice@10.0.0.1", callee_contact="sip:bob@10.0.0.2",
-        caller_route_set=["<sip:p1;lr>", '"x, y" <sip:p2;lr>'], callee_route_set=[],
-        caller_sock="udp:127.0.0.1:5060", callee_sock="udp:127.0.0.1:5060",
-        state=DialogState.CONFIRMED, start_time=1000.4, timeout_at=44200.4,
-        destination="sip:127.0.0.1:5071;transport=tcp", lb_group=1,
-        lb_resources=("pstn", "transc"), binding=Binding(),
-    )  # fmt: skip
+        5,
+        77,
+        "cid@h",
+        "sip:alice@a",
+        "ft",
+        "sip:bob@b",
+        to_tag="tt",
+        caller_cseq=3,
+        callee_cseq=9,
+        caller_contact="sip:alice@10.0.0.1",
+        callee_contact="sip:bob@10.0.0.2",
+        caller_route_set=["<sip:p1;lr>", '"x, y" <sip:p2;lr>'],
+        callee_route_set=[],
+        caller_sock="udp:127.0.0.1:5060",
+        callee_sock="udp:127.0.0.1:5060",
+        state=DialogState.CONFIRMED,
+        start_time=1000.4,
+        timeout_at=44200.4,
+        destination="sip:127.0.0.1:5071;transport=tcp",
+        lb_group=1,
+        lb_resources=("pstn", "transc"),
+        binding=Binding(),
+    )
     row = dialog_row(dialog)
-    assert (row.caller_cseq, row.callee_cseq, row.start_time, row.timeout) == ("3", "9", 1000, 44201)
+    assert (row.caller_cseq, row.callee_cseq, row.start_time, row.timeout) == (
+        "3",
+        "9",
+        1000,
+        44201,
+    )
     assert row.caller_route_set == '<sip:p1;lr>,"x, y" <sip:p2;lr>'
     assert row.profiles == "lbXpstn#1A|lbXtransc#1A|"
     assert row.vars == "lb_group#1|lb_dst#sip:127.0.0.1:5071;transport=tcp|"
     back = dialog_from_row(row)
-    for name in ("h_entry", "h_id", "call_id", "to_tag", "caller_cseq", "caller_route_set",
-                 "callee_route_set", "state", "destination", "lb_group", "lb_resources"):  # fmt: skip
+    for name in (
+        "h_entry",
+        "h_id",
+        "call_id",
+        "to_tag",
+        "caller_cseq",
+        "caller_route_set",
+        "callee_route_set",
+        "state",
+        "destination",
+        "lb_group",
+        "lb_resources",
+    ):
         assert getattr(back, name) == getattr(dialog, name), name
     assert (back.start_time, back.timeout_at, back.binding) == (1000, 44201, None)
 

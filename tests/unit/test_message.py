@@ -153,9 +153,16 @@ def test_parse_invite() -> None:
     assert request.get("content-type") == "application/sdp"
     assert request.body == SDP
     assert [name for _, name, _ in request.headers] == [
-        "Via", "Max-Forwards", "To", "From", "Call-ID", "CSeq", "Contact", "Content-Type",
+        "Via",
+        "Max-Forwards",
+        "To",
+        "From",
+        "Call-ID",
+        "CSeq",
+        "Contact",
+        "Content-Type",
         "Content-Length",
-    ]  # fmt: skip
+    ]
 
 
 def test_parse_response() -> None:
@@ -192,10 +199,13 @@ def test_status_line(start: str, status: int, reason: str) -> None:
         ("OPTIONS", "sip:carol@chicago.com"),
         ("REGISTER", "sips:registrar.biloxi.com"),
         ("NEWMETHOD", "sip:x@example.com;transport=tcp?subject=hi"),
-        ("!interesting-Method0123456789_*+`.%'~", "sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com"),
+        (
+            "!interesting-Method0123456789_*+`.%'~",
+            "sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com",
+        ),
         ("INVITE", "tel:+12015550123"),  # any scheme: routing decides what it accepts
     ],
-)  # fmt: skip
+)
 def test_request_line(method: str, uri: str) -> None:
     """§7.1 and RFC 4475 intmeth: any token is a method; the URI is kept as text."""
     data = options(cseq=f"CSeq: 1 {method}").replace(
@@ -227,8 +237,15 @@ def test_header_names_are_case_insensitive() -> None:
     assert request.get("Subject") is None
     assert request.get_all("Subject") == []
     out = request.serialize()
-    for line in (b"Via: ", b"To: ", b"From: ", b"Call-ID: abc\r\n", b"CSeq: ",
-                 b"Max-Forwards: 0068\r\n", b"X-Vendor-Thing: kept\r\n"):  # fmt: skip
+    for line in (
+        b"Via: ",
+        b"To: ",
+        b"From: ",
+        b"Call-ID: abc\r\n",
+        b"CSeq: ",
+        b"Max-Forwards: 0068\r\n",
+        b"X-Vendor-Thing: kept\r\n",
+    ):
         assert b"\r\n" + line in out
 
 
@@ -278,7 +295,7 @@ def test_compact_forms_are_expanded() -> None:
         "Refer-To: <sip:carol@chicago.com>",
         "Content-Length: 4",
         body=b"test",
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize(
@@ -300,29 +317,55 @@ def test_every_compact_form(compact: str, full: str) -> None:
     ("lines", "name", "values"),
     [
         # §7.3.1: one line with a comma list and several lines are the same thing.
-        (["Via: SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/TCP b;branch=z9hG4bK2"], "via",
-         ["SIP/2.0/UDP a;branch=z9hG4bK1", "SIP/2.0/TCP b;branch=z9hG4bK2"]),
-        (["Via: SIP/2.0/UDP a;branch=z9hG4bK1,SIP/2.0/UDP b;branch=z9hG4bK2",
-          "v: SIP/2.0/UDP c;branch=z9hG4bK3"], "Via",
-         ["SIP/2.0/UDP a;branch=z9hG4bK1", "SIP/2.0/UDP b;branch=z9hG4bK2",
-          "SIP/2.0/UDP c;branch=z9hG4bK3"]),
-        (["Route: <sip:alice@atlanta.com>", "Subject: Lunch",
-          "Route: <sip:bob@biloxi.com>, <sip:carol@chicago.com>"], "route",
-         ["<sip:alice@atlanta.com>", "<sip:bob@biloxi.com>", "<sip:carol@chicago.com>"]),
+        (
+            ["Via: SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/TCP b;branch=z9hG4bK2"],
+            "via",
+            ["SIP/2.0/UDP a;branch=z9hG4bK1", "SIP/2.0/TCP b;branch=z9hG4bK2"],
+        ),
+        (
+            [
+                "Via: SIP/2.0/UDP a;branch=z9hG4bK1,SIP/2.0/UDP b;branch=z9hG4bK2",
+                "v: SIP/2.0/UDP c;branch=z9hG4bK3",
+            ],
+            "Via",
+            [
+                "SIP/2.0/UDP a;branch=z9hG4bK1",
+                "SIP/2.0/UDP b;branch=z9hG4bK2",
+                "SIP/2.0/UDP c;branch=z9hG4bK3",
+            ],
+        ),
+        (
+            [
+                "Route: <sip:alice@atlanta.com>",
+                "Subject: Lunch",
+                "Route: <sip:bob@biloxi.com>, <sip:carol@chicago.com>",
+            ],
+            "route",
+            ["<sip:alice@atlanta.com>", "<sip:bob@biloxi.com>", "<sip:carol@chicago.com>"],
+        ),
         # Commas in a quoted display name or inside <...> do not separate values.
-        (['Contact: "Doe, John" <sip:j@x>;q=0.5, "a <,> b" <sip:k@y?h=1,2>, sip:z@w'],
-         "contact", ['"Doe, John" <sip:j@x>;q=0.5', '"a <,> b" <sip:k@y?h=1,2>', "sip:z@w"]),
-        (["Record-Route: <sip:p2.example.com;lr>, <sip:p1.example.com;lr>"], "record-route",
-         ["<sip:p2.example.com;lr>", "<sip:p1.example.com;lr>"]),
+        (
+            ['Contact: "Doe, John" <sip:j@x>;q=0.5, "a <,> b" <sip:k@y?h=1,2>, sip:z@w'],
+            "contact",
+            ['"Doe, John" <sip:j@x>;q=0.5', '"a <,> b" <sip:k@y?h=1,2>', "sip:z@w"],
+        ),
+        (
+            ["Record-Route: <sip:p2.example.com;lr>, <sip:p1.example.com;lr>"],
+            "record-route",
+            ["<sip:p2.example.com;lr>", "<sip:p1.example.com;lr>"],
+        ),
         (["Allow: INVITE, ACK,OPTIONS ,BYE"], "allow", ["INVITE", "ACK", "OPTIONS", "BYE"]),
         (["k: path, outbound", "Supported: gruu"], "supported", ["path", "outbound", "gruu"]),
         # Headers whose values may hold commas are never split.
         (["Subject: Lunch, then coffee"], "subject", ["Lunch, then coffee"]),
-        (['WWW-Authenticate: Digest realm="a, b", nonce="n"'], "www-authenticate",
-         ['Digest realm="a, b", nonce="n"']),
+        (
+            ['WWW-Authenticate: Digest realm="a, b", nonce="n"'],
+            "www-authenticate",
+            ['Digest realm="a, b", nonce="n"'],
+        ),
         (["Date: Sat, 13 Nov 2010 23:29:00 GMT"], "date", ["Sat, 13 Nov 2010 23:29:00 GMT"]),
     ],
-)  # fmt: skip
+)
 def test_get_all_splits_comma_lists(lines: list[str], name: str, values: list[str]) -> None:
     others = [line for line in OPTIONS[1:] if not line.lower().startswith(f"{name.lower()}:")]
     request = parse_request(sip(OPTIONS[0], *lines, *others))
@@ -333,13 +376,19 @@ def test_get_all_splits_comma_lists(lines: list[str], name: str, values: list[st
 @pytest.mark.parametrize(
     ("data", "subject"),
     [
-        (b"Subject: I know you're there,\r\n pick up the phone\r\n", "I know you're there, pick up the phone"),
-        (b"Subject: I know you're there,\r\n\t\t  pick up the phone\r\n", "I know you're there, pick up the phone"),
+        (
+            b"Subject: I know you're there,\r\n pick up the phone\r\n",
+            "I know you're there, pick up the phone",
+        ),
+        (
+            b"Subject: I know you're there,\r\n\t\t  pick up the phone\r\n",
+            "I know you're there, pick up the phone",
+        ),
         (b"Subject:\r\n Lunch\r\n", "Lunch"),
         (b"Subject: a\r\n b\r\n\tc\r\n   d\r\n", "a b c d"),
         (b"Subject: a\n b\n", "a b"),
     ],
-)  # fmt: skip
+)
 def test_folded_headers_are_unfolded(data: bytes, subject: str) -> None:
     """§7.3.1: a line starting with SP or HT continues the previous header."""
     request = parse_request(sip(*OPTIONS[:-1]).removesuffix(b"\r\n") + data + b"\r\n")
@@ -438,33 +487,62 @@ def test_message_without_empty_line() -> None:
 @pytest.mark.parametrize(
     ("text", "via"),
     [
-        ("SIP/2.0/UDP pc33.atlanta.com;branch=z9hG4bK776asdhds",
-         Via("UDP", "pc33.atlanta.com", None, {"branch": "z9hG4bK776asdhds"})),
-        ("SIP/2.0/UDP erlang.bell-telephone.com:5060;branch=z9hG4bK87asdks7",
-         Via("UDP", "erlang.bell-telephone.com", 5060, {"branch": "z9hG4bK87asdks7"})),
+        (
+            "SIP/2.0/UDP pc33.atlanta.com;branch=z9hG4bK776asdhds",
+            Via("UDP", "pc33.atlanta.com", None, {"branch": "z9hG4bK776asdhds"}),
+        ),
+        (
+            "SIP/2.0/UDP erlang.bell-telephone.com:5060;branch=z9hG4bK87asdks7",
+            Via("UDP", "erlang.bell-telephone.com", 5060, {"branch": "z9hG4bK87asdks7"}),
+        ),
         # §20.42: every parameter, in order; rport with and without a value (RFC 3581).
-        ("SIP/2.0/UDP 192.0.2.1:5060;received=192.0.2.207;branch=z9hG4bK77asjd",
-         Via("UDP", "192.0.2.1", 5060, {"received": "192.0.2.207", "branch": "z9hG4bK77asjd"})),
-        ("SIP/2.0/UDP 192.0.2.1;rport;branch=z9hG4bKx",
-         Via("UDP", "192.0.2.1", None, {"rport": None, "branch": "z9hG4bKx"})),
-        ("SIP/2.0/UDP 10.0.0.1:5060;rport=5066;received=192.0.2.9;branch=z9hG4bKx",
-         Via("UDP", "10.0.0.1", 5060, {"rport": "5066", "received": "192.0.2.9", "branch": "z9hG4bKx"})),
-        ("SIP/2.0/UDP 192.0.2.1;maddr=224.2.0.1;ttl=16;branch=z9hG4bKm",
-         Via("UDP", "192.0.2.1", None, {"maddr": "224.2.0.1", "ttl": "16", "branch": "z9hG4bKm"})),
-        ("SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK6",
-         Via("UDP", "2001:db8::1", 5060, {"branch": "z9hG4bK6"})),
-        ("SIP/2.0/UDP [2001:db8::1];received=2001:db8::9;rport=1",
-         Via("UDP", "2001:db8::1", None, {"received": "2001:db8::9", "rport": "1"})),
+        (
+            "SIP/2.0/UDP 192.0.2.1:5060;received=192.0.2.207;branch=z9hG4bK77asjd",
+            Via("UDP", "192.0.2.1", 5060, {"received": "192.0.2.207", "branch": "z9hG4bK77asjd"}),
+        ),
+        (
+            "SIP/2.0/UDP 192.0.2.1;rport;branch=z9hG4bKx",
+            Via("UDP", "192.0.2.1", None, {"rport": None, "branch": "z9hG4bKx"}),
+        ),
+        (
+            "SIP/2.0/UDP 10.0.0.1:5060;rport=5066;received=192.0.2.9;branch=z9hG4bKx",
+            Via(
+                "UDP",
+                "10.0.0.1",
+                5060,
+                {"rport": "5066", "received": "192.0.2.9", "branch": "z9hG4bKx"},
+            ),
+        ),
+        (
+            "SIP/2.0/UDP 192.0.2.1;maddr=224.2.0.1;ttl=16;branch=z9hG4bKm",
+            Via(
+                "UDP", "192.0.2.1", None, {"maddr": "224.2.0.1", "ttl": "16", "branch": "z9hG4bKm"}
+            ),
+        ),
+        (
+            "SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK6",
+            Via("UDP", "2001:db8::1", 5060, {"branch": "z9hG4bK6"}),
+        ),
+        (
+            "SIP/2.0/UDP [2001:db8::1];received=2001:db8::9;rport=1",
+            Via("UDP", "2001:db8::1", None, {"received": "2001:db8::9", "rport": "1"}),
+        ),
         # Transport and names are case-insensitive; the branch value is not.
-        ("sip/2.0/tcp Host.Example.COM:5070;BRANCH=z9hG4bKAbC;Received=192.0.2.4",
-         Via("TCP", "host.example.com", 5070, {"branch": "z9hG4bKAbC", "received": "192.0.2.4"})),
-        ("SIP/2.0/TLS  client.example.com:5061 ; branch = z9hG4bKt ; alias",
-         Via("TLS", "client.example.com", 5061, {"branch": "z9hG4bKt", "alias": None})),
-        ("SIP/2.0/SCTP a.example.com;branch=z9hG4bKs",
-         Via("SCTP", "a.example.com", None, {"branch": "z9hG4bKs"})),
+        (
+            "sip/2.0/tcp Host.Example.COM:5070;BRANCH=z9hG4bKAbC;Received=192.0.2.4",
+            Via("TCP", "host.example.com", 5070, {"branch": "z9hG4bKAbC", "received": "192.0.2.4"}),
+        ),
+        (
+            "SIP/2.0/TLS  client.example.com:5061 ; branch = z9hG4bKt ; alias",
+            Via("TLS", "client.example.com", 5061, {"branch": "z9hG4bKt", "alias": None}),
+        ),
+        (
+            "SIP/2.0/SCTP a.example.com;branch=z9hG4bKs",
+            Via("SCTP", "a.example.com", None, {"branch": "z9hG4bKs"}),
+        ),
         ("SIP/2.0/UDP a.example.com", Via("UDP", "a.example.com")),  # RFC 2543 peers: no branch
     ],
-)  # fmt: skip
+)
 def test_parse_via(text: str, via: Via) -> None:
     assert parse_via(text) == via
     assert parse_via(str(via)) == via
@@ -521,17 +599,27 @@ def test_parse_via_errors(text: str, reason: str) -> None:
         # ... the received address over the sent-by host ...
         ("SIP/2.0/UDP a.example.com:5070;received=192.0.2.1", "udp", ("192.0.2.1", 5070)),
         # ... rport over the sent-by port (RFC 3581 §4), but only with a value ...
-        ("SIP/2.0/UDP a.example.com:5070;received=192.0.2.1;rport=6000", "udp", ("192.0.2.1", 6000)),
+        (
+            "SIP/2.0/UDP a.example.com:5070;received=192.0.2.1;rport=6000",
+            "udp",
+            ("192.0.2.1", 6000),
+        ),
         ("SIP/2.0/UDP a.example.com:5070;rport;received=192.0.2.1", "udp", ("192.0.2.1", 5070)),
         ("SIP/2.0/UDP a.example.com;rport", "udp", ("a.example.com", 5060)),
         ("SIP/2.0/UDP a.example.com;rport=6000", "udp", ("a.example.com", 6000)),
         # ... and maddr over everything else.
-        ("SIP/2.0/UDP a.example.com:5070;maddr=224.2.0.1;received=192.0.2.1;ttl=1",
-         "udp", ("224.2.0.1", 5070)),
-        ("SIP/2.0/UDP a.example.com;received=192.0.2.1;maddr=224.2.0.1;rport=6000",
-         "udp", ("224.2.0.1", 6000)),
+        (
+            "SIP/2.0/UDP a.example.com:5070;maddr=224.2.0.1;received=192.0.2.1;ttl=1",
+            "udp",
+            ("224.2.0.1", 5070),
+        ),
+        (
+            "SIP/2.0/UDP a.example.com;received=192.0.2.1;maddr=224.2.0.1;rport=6000",
+            "udp",
+            ("224.2.0.1", 6000),
+        ),
     ],
-)  # fmt: skip
+)
 def test_via_response_target(text: str, transport: str, target: tuple[str, int]) -> None:
     assert parse_via(text).response_target(transport) == target
 
@@ -584,29 +672,71 @@ MALFORMED: list[tuple[bytes, str, int, bool, dict[str, bool | int]]] = [
     (options(cseq="CSeq: 1"), "Bad CSeq", 400, True, {}),
     (options(cseq="CSeq: -1 OPTIONS"), "Bad CSeq", 400, True, {}),
     (options(cseq="CSeq: 1.5 OPTIONS"), "Bad CSeq", 400, True, {}),
-    (options(cseq="CSeq: 36893488147419103232 OPTIONS"), "Bad CSeq", 400, True, {}),  # RFC 4475 scalar02
+    (
+        options(cseq="CSeq: 36893488147419103232 OPTIONS"),
+        "Bad CSeq",
+        400,
+        True,
+        {},
+    ),  # RFC 4475 scalar02
     (options(cseq="CSeq: 1 OPT IONS"), "Bad CSeq", 400, True, {}),
     (options(cseq="CSeq: 1 OPTIONS;x"), "Bad CSeq", 400, True, {}),
     (options(cseq="CSeq: \u00b2 OPTIONS"), "Bad CSeq", 400, True, {}),
     (options(cseq="CSeq: \u0661 OPTIONS"), "Bad CSeq", 400, True, {}),
     # RFC 4475 mismatch01.
-    (options(cseq="CSeq: 63104 INVITE"), "CSeq method does not match request method", 400, True, {}),
-    (options(cseq="CSeq: 63104 options"), "CSeq method does not match request method", 400, True, {}),
+    (
+        options(cseq="CSeq: 63104 INVITE"),
+        "CSeq method does not match request method",
+        400,
+        True,
+        {},
+    ),
+    (
+        options(cseq="CSeq: 63104 options"),
+        "CSeq method does not match request method",
+        400,
+        True,
+        {},
+    ),
     # A bad top Via, From or To.
     (options(via="Via: SIP/2.0/UDP"), "Bad Via sent-by", 400, True, {}),
     (options(via="Via: SIP/1.0/UDP pc33.atlanta.com"), "Bad Via protocol", 400, True, {}),
     (options(via="Via: SIP/2.0/UDP host;rport=0"), "Bad Via rport", 400, True, {}),
     (options(via="Via: ,"), "Bad Via protocol ''", 400, True, {}),
     (options(via="Via: "), "Bad Via protocol ''", 400, True, {}),
-    (options(from_="From: <sip:alice@atlanta.com;tag=1"), "Bad From: unterminated '<'", 400, True, {}),
+    (
+        options(from_="From: <sip:alice@atlanta.com;tag=1"),
+        "Bad From: unterminated '<'",
+        400,
+        True,
+        {},
+    ),
     (options(to="To: Carol"), "Bad To: no URI", 400, True, {}),
-    (options(to='To: "Carol <sip:carol@chicago.com>'), "Bad To: unterminated quoted", 400, True, {}),  # RFC 4475 quotbal
+    (
+        options(to='To: "Carol <sip:carol@chicago.com>'),
+        "Bad To: unterminated quoted",
+        400,
+        True,
+        {},
+    ),  # RFC 4475 quotbal
     # Header lines.
-    (sip(*OPTIONS, "this is no header"), "Malformed header line 'this is no header'", 400, True, {}),
+    (
+        sip(*OPTIONS, "this is no header"),
+        "Malformed header line 'this is no header'",
+        400,
+        True,
+        {},
+    ),
     (sip(*OPTIONS, "Bad Name: x"), "Malformed header line 'Bad Name: x'", 400, True, {}),
     (sip(*OPTIONS, ": no name"), "Malformed header line ': no name'", 400, True, {}),
     (sip(*OPTIONS, "X-\xe9: x"), "Malformed header line", 400, True, {}),
-    (sip(OPTIONS[0], " folded", *OPTIONS[1:]), "Continuation line before any header", 400, True, {}),
+    (
+        sip(OPTIONS[0], " folded", *OPTIONS[1:]),
+        "Continuation line before any header",
+        400,
+        True,
+        {},
+    ),
     # Content-Length (§20.14, §18.3).
     (options(content_length="Content-Length: 10"), "Content-Length exceeds body", 400, True, {}),
     (options(content_length="Content-Length: abc"), "Bad Content-Length", 400, True, {}),
@@ -622,7 +752,13 @@ MALFORMED: list[tuple[bytes, str, int, bool, dict[str, bool | int]]] = [
     (sip(*OPTIONS, body=b"x" * 200), "Message Too Large", 513, True, {"max_size": 200}),
     # Start lines that are not a request line: no request to answer.
     (sip("SIP/2.0 2000 OK", *OPTIONS[1:]), "Bad status code '2000'", 400, False, {}),
-    (sip("SIP/2.0 4294967301 Better Not Break", *OPTIONS[1:]), "Bad status code", 400, False, {}),  # RFC 4475 bigcode
+    (
+        sip("SIP/2.0 4294967301 Better Not Break", *OPTIONS[1:]),
+        "Bad status code",
+        400,
+        False,
+        {},
+    ),  # RFC 4475 bigcode
     (sip("SIP/2.0 099 Too Low", *OPTIONS[1:]), "Bad status code '099'", 400, False, {}),
     (sip("SIP/2.0 700 Too High", *OPTIONS[1:]), "Bad status code '700'", 400, False, {}),
     (sip("SIP/2.0 2OO OK", *OPTIONS[1:]), "Bad status code '2OO'", 400, False, {}),
@@ -630,19 +766,67 @@ MALFORMED: list[tuple[bytes, str, int, bool, dict[str, bool | int]]] = [
     (sip("SIP/2.0 \u00b2\u00b2\u00b2 OK", *OPTIONS[1:]), "Bad status code", 400, False, {}),
     (sip("SIP/2.0 \u0661\u0660\u0660 Trying", *OPTIONS[1:]), "Bad status code", 400, False, {}),
     (sip("SIP/2.0 200 OK", *OPTIONS[2:]), "Missing Via", 400, False, {}),
-    (sip("SIP/2.0 200 OK", *OPTIONS[1:], body=b"x" * 200), "Message Too Large", 513, False, {"max_size": 200}),
+    (
+        sip("SIP/2.0 200 OK", *OPTIONS[1:], body=b"x" * 200),
+        "Message Too Large",
+        513,
+        False,
+        {"max_size": 200},
+    ),
     (b"", "Bad request line ''", 400, False, {}),
     (b"\r\n\r\n", "Bad request line ''", 400, False, {}),
     (b"\x00\xff\xfe garbage", "Bad request line", 400, False, {}),
-    (sip("OPTIONS sip:carol@chicago.com SIP/7.0", *OPTIONS[1:]), "Bad request line", 400, False, {}),  # RFC 4475 badvers
-    (sip("OPTIONS sip:carol@chicago.com sip/2.0", *OPTIONS[1:]), "Bad request line", 400, False, {}),
-    (sip("OPTIONS  sip:carol@chicago.com SIP/2.0", *OPTIONS[1:]), "Bad request line", 400, False, {}),  # RFC 4475 lwsstart
-    (sip("OPTIONS sip:carol@chicago.com SIP/2.0 ", *OPTIONS[1:]), "Bad request line", 400, False, {}),  # RFC 4475 trws
+    (
+        sip("OPTIONS sip:carol@chicago.com SIP/7.0", *OPTIONS[1:]),
+        "Bad request line",
+        400,
+        False,
+        {},
+    ),  # RFC 4475 badvers
+    (
+        sip("OPTIONS sip:carol@chicago.com sip/2.0", *OPTIONS[1:]),
+        "Bad request line",
+        400,
+        False,
+        {},
+    ),
+    (
+        sip("OPTIONS  sip:carol@chicago.com SIP/2.0", *OPTIONS[1:]),
+        "Bad request line",
+        400,
+        False,
+        {},
+    ),  # RFC 4475 lwsstart
+    (
+        sip("OPTIONS sip:carol@chicago.com SIP/2.0 ", *OPTIONS[1:]),
+        "Bad request line",
+        400,
+        False,
+        {},
+    ),  # RFC 4475 trws
     (sip("OPTIONS sip:carol@chicago.com", *OPTIONS[1:]), "Bad request line", 400, False, {}),
-    (sip("OPTIONS <sip:carol@chicago.com> x SIP/2.0", *OPTIONS[1:]), "Bad request line", 400, False, {}),
-    (sip("OPT@ONS sip:carol@chicago.com SIP/2.0", *OPTIONS[1:]), "Bad request line", 400, False, {}),
-    (b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", "Bad request line 'GET / HTTP/1.1'", 400, False, {}),
-]  # fmt: skip
+    (
+        sip("OPTIONS <sip:carol@chicago.com> x SIP/2.0", *OPTIONS[1:]),
+        "Bad request line",
+        400,
+        False,
+        {},
+    ),
+    (
+        sip("OPT@ONS sip:carol@chicago.com SIP/2.0", *OPTIONS[1:]),
+        "Bad request line",
+        400,
+        False,
+        {},
+    ),
+    (
+        b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        "Bad request line 'GET / HTTP/1.1'",
+        400,
+        False,
+        {},
+    ),
+]
 
 
 @pytest.mark.parametrize(("data", "reason", "status", "is_request", "kwargs"), MALFORMED)
@@ -744,7 +928,7 @@ CANONICAL = sip(
     "Content-Type: application/sdp",
     f"Content-Length: {len(SDP)}",
     body=SDP,
-)  # fmt: skip
+)
 
 
 @pytest.mark.parametrize("data", [INVITE, RINGING, CANONICAL, sip(*OPTIONS)])
@@ -974,9 +1158,11 @@ BYE = sip(
 #: A body with CRLFCRLF in it: only Content-Length says where the message ends.
 MULTIPART_BODY = b"--b\r\n\r\nfirst\r\n\r\n--b\r\n\r\nsecond\r\n--b--"
 MULTIPART = sip(
-    *OPTIONS[:-1], "Content-Type: multipart/mixed;boundary=b", f"l: {len(MULTIPART_BODY)}",
+    *OPTIONS[:-1],
+    "Content-Type: multipart/mixed;boundary=b",
+    f"l: {len(MULTIPART_BODY)}",
     body=MULTIPART_BODY,
-)  # fmt: skip
+)
 
 STREAM = [INVITE, BYE, MULTIPART, RINGING]
 
@@ -1040,13 +1226,22 @@ def test_framer_without_content_length_frames_an_empty_body() -> None:
         ([b"INVITE sip:x SIP/2.0\r\n", b"X: y\r\n" * 20], 100, "Message Too Large", 513),
         ([b"\x00" * 101], 100, "Message Too Large", 513),
         ([b"INVITE sip:x SIP/2.0\r\nContent-Length: 101\r\n\r\n"], 100, "Message Too Large", 513),
-        ([b"INVITE sip:x SIP/2.0\r\nContent-Length: 99999999999999999999\r\n\r\n"], 65535,
-         "Message Too Large", 513),
+        (
+            [b"INVITE sip:x SIP/2.0\r\nContent-Length: 99999999999999999999\r\n\r\n"],
+            65535,
+            "Message Too Large",
+            513,
+        ),
         ([b"INVITE sip:x SIP/2.0\r\nl: x\r\n\r\n"], 65535, "Bad Content-Length", 400),
         ([b"INVITE sip:x SIP/2.0\r\nContent-Length: -1\r\n\r\n"], 65535, "Bad Content-Length", 400),
-        ([b"INVITE sip:x SIP/2.0\r\nContent-Length: \xc2\xb2\r\n\r\n"], 65535, "Bad Content-Length", 400),
+        (
+            [b"INVITE sip:x SIP/2.0\r\nContent-Length: \xc2\xb2\r\n\r\n"],
+            65535,
+            "Bad Content-Length",
+            400,
+        ),
     ],
-)  # fmt: skip
+)
 def test_framer_errors(chunks: list[bytes], max_size: int, reason: str, status: int) -> None:
     with pytest.raises(ParseError) as info:
         frame(chunks, max_size)
@@ -1068,11 +1263,21 @@ FUZZ = settings(
 )
 
 #: Bytes that matter to the grammar, so that mutations hit the interesting cases.
-SPECIAL = [bytes([b]) for b in b"\r\n \t:;,=<>\"\\@[]/?0123456789\x00\x80\xff"] + [
-    b"\r\n", b"\r\n ", b"\n", b"\n\n", b"\r\n\r\n", b", ", b" ,", b";tag=", b";rport",
+SPECIAL = [bytes([b]) for b in b'\r\n \t:;,=<>"\\@[]/?0123456789\x00\x80\xff'] + [
+    b"\r\n",
+    b"\r\n ",
+    b"\n",
+    b"\n\n",
+    b"\r\n\r\n",
+    b", ",
+    b" ,",
+    b";tag=",
+    b";rport",
     # U+00B2, U+0661 and U+2028: digits and a line break to str, not to the SIP grammar.
-    b"\xc2\xb2", b"\xd9\xa1", b"\xe2\x80\xa8",
-]  # fmt: skip
+    b"\xc2\xb2",
+    b"\xd9\xa1",
+    b"\xe2\x80\xa8",
+]
 
 
 #: Numbers, with characters str.isdigit() takes for digits: int() rejects U+00B2, reads U+0661.
@@ -1087,14 +1292,53 @@ NUMERIC_FIELD = re.compile(
 CORE = ("Via", "v", "From", "f", "To", "t", "Call-ID", "i", "CSeq", "Content-Length", "l")
 
 #: Pieces of header values: with them a replaced value often gets past the first checks.
-PIECE = st.sampled_from([
-    "SIP/2.0/UDP ", "SIP/2.0/TCP ", "sip/2.0/tls ", "SIP / 2.0 / UDP ", "host.example.com",
-    "[2001:db8::1]", "[::1", "192.0.2.1", ":5060", ";branch=z9hG4bK1", ";rport", ";rport=",
-    ";received=192.0.2.9", ";maddr=224.2.0.1", ";ttl=1", ";lr", ";tag=", ";tag=1",
-    "<sip:alice@atlanta.com>", "sip:bob@biloxi.com", "sips:", "tel:+1", '"Doe, <J>" ', '"', "\\",
-    "<", ">", ",", ";", ":", "=", "@", "?", " ", "-", "\t", "\r\n ", "\n\t", " INVITE",
-    " OPTIONS", " ACK", "\u00e9", "\udcff",
-])  # fmt: skip
+PIECE = st.sampled_from(
+    [
+        "SIP/2.0/UDP ",
+        "SIP/2.0/TCP ",
+        "sip/2.0/tls ",
+        "SIP / 2.0 / UDP ",
+        "host.example.com",
+        "[2001:db8::1]",
+        "[::1",
+        "192.0.2.1",
+        ":5060",
+        ";branch=z9hG4bK1",
+        ";rport",
+        ";rport=",
+        ";received=192.0.2.9",
+        ";maddr=224.2.0.1",
+        ";ttl=1",
+        ";lr",
+        ";tag=",
+        ";tag=1",
+        "<sip:alice@atlanta.com>",
+        "sip:bob@biloxi.com",
+        "sips:",
+        "tel:+1",
+        '"Doe, <J>" ',
+        '"',
+        "\\",
+        "<",
+        ">",
+        ",",
+        ";",
+        ":",
+        "=",
+        "@",
+        "?",
+        " ",
+        "-",
+        "\t",
+        "\r\n ",
+        "\n\t",
+        " INVITE",
+        " OPTIONS",
+        " ACK",
+        "\u00e9",
+        "\udcff",
+    ]
+)
 
 VALUE = st.lists(st.one_of(NUMBER, PIECE), max_size=5).map("".join)
 
@@ -1112,9 +1356,21 @@ def mutated(
     data = bytearray(draw(st.sampled_from(seeds)))
     for _ in range(draw(st.integers(1, 6))):
         at = draw(st.integers(0, len(data)))
-        op = draw(st.sampled_from(
-            ["flip", "insert", "special", "delete", "line", "truncate", "value", "number", "start"]
-        ))  # fmt: skip
+        op = draw(
+            st.sampled_from(
+                [
+                    "flip",
+                    "insert",
+                    "special",
+                    "delete",
+                    "line",
+                    "truncate",
+                    "value",
+                    "number",
+                    "start",
+                ]
+            )
+        )
         if op == "flip" and at < len(data):
             data[at] ^= 1 << draw(st.integers(0, 7))
         elif op == "insert":

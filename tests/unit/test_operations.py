@@ -18,12 +18,15 @@ from sipha.operations import check, is_loopback_endpoint
 
 def test_default_socket_path_is_one_rule_for_server_and_client() -> None:
     assert ctl.default_socket_path(0, {"XDG_RUNTIME_DIR": "/run/user/0"}) == Path(
-        "/run/sipha/control.sock")  # fmt: skip
+        "/run/sipha/control.sock"
+    )
     assert ctl.default_socket_path(1000, {"XDG_RUNTIME_DIR": "/run/user/1000"}) == Path(
-        "/run/user/1000/sipha/control.sock")  # fmt: skip
+        "/run/user/1000/sipha/control.sock"
+    )
     assert ctl.default_socket_path(1000, {}) == Path("/tmp/sipha-1000/control.sock")
     assert ctl.default_socket_path(1000, {"XDG_RUNTIME_DIR": "relative"}) == Path(
-        "/tmp/sipha-1000/control.sock")  # fmt: skip
+        "/tmp/sipha-1000/control.sock"
+    )
     assert ctl.control_socket("/srv/x.sock") == Path("/srv/x.sock")
     assert ctl.control_socket("") == ctl.default_socket_path()
 
@@ -51,16 +54,24 @@ def config(text: str):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[manhole]\nenabled = true\n",
-         "manhole.authorized_keys: the Manhole needs authorized_keys or passwords"),
-        ('[manhole]\nenabled = true\nauthorized_keys = "/nonexistent/keys"\n',
-         "manhole.authorized_keys: cannot read /nonexistent/keys: No such file or directory"),
-        ('[manhole]\ntelnet = "tcp:2323:interface=127.0.0.1"\n',
-         "manhole.telnet: needs manhole.enabled = true"),
-        ('[manhole]\nenabled = true\npasswords = "/x"\ntelnet = "tcp:2323"\n',
-         "manhole.telnet: 'tcp:2323' is not on loopback"),
+        (
+            "[manhole]\nenabled = true\n",
+            "manhole.authorized_keys: the Manhole needs authorized_keys or passwords",
+        ),
+        (
+            '[manhole]\nenabled = true\nauthorized_keys = "/nonexistent/keys"\n',
+            "manhole.authorized_keys: cannot read /nonexistent/keys: No such file or directory",
+        ),
+        (
+            '[manhole]\ntelnet = "tcp:2323:interface=127.0.0.1"\n',
+            "manhole.telnet: needs manhole.enabled = true",
+        ),
+        (
+            '[manhole]\nenabled = true\npasswords = "/x"\ntelnet = "tcp:2323"\n',
+            "manhole.telnet: 'tcp:2323' is not on loopback",
+        ),
     ],
-)  # fmt: skip
+)
 def test_manhole_settings_that_cannot_work_stop_the_start(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as error:
         check(config(text))
@@ -94,7 +105,10 @@ def test_ctl_exit_3_when_there_is_no_socket(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as done:
         ctl.main(["--socket", str(path), "destinations", "--json"])
     assert done.value.code == ctl.EXIT_NOT_RUNNING == 3
-    assert capsys.readouterr() == ("", f"sipha-ctl: sipha is not running: no control socket at {path}\n")
+    assert capsys.readouterr() == (
+        "",
+        f"sipha-ctl: sipha is not running: no control socket at {path}\n",
+    )
 
 
 def test_ctl_exit_3_when_the_socket_is_left_over(tmp_path: Path, capsys) -> None:
@@ -131,17 +145,41 @@ def test_ctl_usage_errors_exit_2(tmp_path: Path, capsys) -> None:
 
 
 def test_destinations_table() -> None:
-    text = ctl.show_destinations({
-        "load_balancer": [
-            {"id": 1, "group": 1, "uri": "sip:fs1", "enabled": True, "reason": None,
-             "description": "FS1", "resources": [{"name": "pstn", "load": 3, "max": 32}]},
-            {"id": 2, "group": 1, "uri": "sip:fs2", "enabled": False, "reason": "operator",
-             "description": "FS2", "resources": [{"name": "pstn", "load": 0, "max": 32}]},
-        ],
-        "dispatcher": [{"set": 1, "uri": "sip:fs1", "state": "active", "weight": 1,
-                        "priority": 0, "description": "FS1"}],
-        "sources": {"load_balancer": "table", "dispatcher": "config"},
-    })  # fmt: skip
+    text = ctl.show_destinations(
+        {
+            "load_balancer": [
+                {
+                    "id": 1,
+                    "group": 1,
+                    "uri": "sip:fs1",
+                    "enabled": True,
+                    "reason": None,
+                    "description": "FS1",
+                    "resources": [{"name": "pstn", "load": 3, "max": 32}],
+                },
+                {
+                    "id": 2,
+                    "group": 1,
+                    "uri": "sip:fs2",
+                    "enabled": False,
+                    "reason": "operator",
+                    "description": "FS2",
+                    "resources": [{"name": "pstn", "load": 0, "max": 32}],
+                },
+            ],
+            "dispatcher": [
+                {
+                    "set": 1,
+                    "uri": "sip:fs1",
+                    "state": "active",
+                    "weight": 1,
+                    "priority": 0,
+                    "description": "FS1",
+                }
+            ],
+            "sources": {"load_balancer": "table", "dispatcher": "config"},
+        }
+    )
     assert text.splitlines() == [
         "load balancer (INVITE), from the table:",
         "ID  GROUP  URI      STATE                LOAD       DESCRIPTION",
@@ -171,7 +209,11 @@ def test_json_lines_carry_the_call_id_and_read_back() -> None:
     lines = out.getvalue().splitlines()
     assert len(lines) == 3
     first, second, third = map(json.loads, lines)
-    assert (first["text"], first["call_id"], first["level"]) == ("dialog abc@x ended", "abc@x", "info")
+    assert (first["text"], first["call_id"], first["level"]) == (
+        "dialog abc@x ended",
+        "abc@x",
+        "info",
+    )
     assert second["text"] == "cannot reach target /x [Call-ID def@x]"
     assert (second["target"], second["level"]) == ("/x", "warn")
     assert "call_id" not in third

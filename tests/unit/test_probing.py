@@ -33,8 +33,10 @@ def test_each_round_probes_every_target_and_reports_replies_and_timeouts():
     service = prober.service(clock)
     service.startService()
     probes = wire.take()
-    assert [(s.message.method, s.peer.port) for s in probes] == [("OPTIONS", 5071),
-                                                                  ("OPTIONS", 5072)]  # fmt: skip
+    assert [(s.message.method, s.peer.port) for s in probes] == [
+        ("OPTIONS", 5071),
+        ("OPTIONS", 5072),
+    ]
     options = probes[0].message
     assert options.uri == "sip:127.0.0.1:5071"
     assert options.get("from").startswith("<sip:dispatcher@localhost>;tag=")

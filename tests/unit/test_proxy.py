@@ -16,8 +16,9 @@ def start_call(**kwargs):
     core, clock, wire = make_proxy()
     core.receive(invite(**kwargs), CALLER, UDP_IN)
     sent = wire.take()
-    assert [(s.message.status if isinstance(s.message, Response) else s.message.method)
-            for s in sent] == [100, "INVITE"]  # fmt: skip
+    assert [
+        (s.message.status if isinstance(s.message, Response) else s.message.method) for s in sent
+    ] == [100, "INVITE"]
     assert sent[0].peer == CALLER
     assert sent[1].peer == FS1
     return core, clock, wire, sent[1].message
@@ -229,8 +230,13 @@ def test_register_goes_to_dispatcher_set_without_record_route_or_100():
 
 def test_sequential_request_follows_our_route_to_the_request_uri():
     core, _, wire = make_proxy()
-    bye = invite(method="BYE", uri="sip:fs@127.0.0.1:5071", to_tag="uas-1", cseq=2,
-                 routes=("<sip:127.0.0.1:5060;lr;ftag=from-1>",))  # fmt: skip
+    bye = invite(
+        method="BYE",
+        uri="sip:fs@127.0.0.1:5071",
+        to_tag="uas-1",
+        cseq=2,
+        routes=("<sip:127.0.0.1:5060;lr;ftag=from-1>",),
+    )
     core.receive(bye, CALLER, UDP_IN)
     (sent,) = wire.take()
     assert sent.message.method == "BYE"
@@ -241,10 +247,15 @@ def test_sequential_request_follows_our_route_to_the_request_uri():
 
 def test_sequential_request_after_double_record_route_removes_both_entries():
     core, _, wire = make_proxy()
-    routes = ("<sip:127.0.0.1:5060;transport=tcp;r2=on;lr>, <sip:127.0.0.1:5060;r2=on;lr>",
-              "<sip:192.0.2.99;lr>")  # fmt: skip
-    core.receive(invite(method="BYE", uri="sip:bob@192.0.2.50", to_tag="t", routes=routes),
-                 Peer("tcp", "192.0.2.10", 40000), TCP_IN)  # fmt: skip
+    routes = (
+        "<sip:127.0.0.1:5060;transport=tcp;r2=on;lr>, <sip:127.0.0.1:5060;r2=on;lr>",
+        "<sip:192.0.2.99;lr>",
+    )
+    core.receive(
+        invite(method="BYE", uri="sip:bob@192.0.2.50", to_tag="t", routes=routes),
+        Peer("tcp", "192.0.2.10", 40000),
+        TCP_IN,
+    )
     (sent,) = wire.take()
     assert sent.peer == Peer("udp", "192.0.2.99", 5060)
     assert sent.message.get_all("route") == ["<sip:192.0.2.99;lr>"]
@@ -253,8 +264,9 @@ def test_sequential_request_after_double_record_route_removes_both_entries():
 def test_strict_router_before_us_is_undone():
     """§16.4: our URI in the R-URI means the real target is the last Route."""
     core, _, wire = make_proxy()
-    bye = invite(method="BYE", uri="sip:127.0.0.1:5060;lr", to_tag="t",
-                 routes=("<sip:fs@127.0.0.1:5072>",))  # fmt: skip
+    bye = invite(
+        method="BYE", uri="sip:127.0.0.1:5060;lr", to_tag="t", routes=("<sip:fs@127.0.0.1:5072>",)
+    )
     core.receive(bye, CALLER, UDP_IN)
     (sent,) = wire.take()
     assert sent.message.uri == "sip:fs@127.0.0.1:5072"
@@ -265,8 +277,9 @@ def test_strict_router_before_us_is_undone():
 def test_next_hop_strict_router_gets_request_uri_in_last_route():
     core, _, wire = make_proxy()
     routes = ("<sip:127.0.0.1:5060;lr>", "<sip:192.0.2.77>")
-    core.receive(invite(method="BYE", uri="sip:bob@192.0.2.50", to_tag="t", routes=routes),
-                 CALLER, UDP_IN)  # fmt: skip
+    core.receive(
+        invite(method="BYE", uri="sip:bob@192.0.2.50", to_tag="t", routes=routes), CALLER, UDP_IN
+    )
     (sent,) = wire.take()
     assert sent.message.uri == "sip:192.0.2.77"
     assert sent.message.get_all("route") == ["<sip:bob@192.0.2.50>"]
@@ -283,8 +296,12 @@ def test_sequential_request_without_our_route_gets_404_and_ack_is_dropped():
 
 def test_ack_for_2xx_is_forwarded_statelessly_by_route():
     core, _, wire = make_proxy()
-    ack = invite(method="ACK", uri="sip:fs@127.0.0.1:5071", to_tag="uas-1",
-                 routes=("<sip:127.0.0.1:5060;lr;ftag=from-1>",))  # fmt: skip
+    ack = invite(
+        method="ACK",
+        uri="sip:fs@127.0.0.1:5071",
+        to_tag="uas-1",
+        routes=("<sip:127.0.0.1:5060;lr;ftag=from-1>",),
+    )
     core.receive(ack, CALLER, UDP_IN)
     (sent,) = wire.take()
     assert sent.message.method == "ACK"
@@ -322,7 +339,8 @@ def test_received_and_rport_are_added_to_the_callers_via():
     trying, forwarded = wire.take()
     assert trying.peer == Peer("udp", "198.51.100.7", 40123)
     assert forwarded.message.get_all("via")[1] == (
-        "SIP/2.0/UDP phone.example.com;branch=z9hG4bK-x;rport=40123;received=198.51.100.7")
+        "SIP/2.0/UDP phone.example.com;branch=z9hG4bK-x;rport=40123;received=198.51.100.7"
+    )
 
 
 def test_broken_via_gets_400_at_the_source_address():
@@ -374,8 +392,7 @@ def test_in_dialog_request_without_our_route_follows_its_dialog():
     core.receive(reply(forwarded, 200), FS1, UDP_IN)
     wire.take()
     core.receive(invite(method="ACK", to_tag="uas-1", branch="z9hG4bK-ack"), CALLER, UDP_IN)
-    core.receive(invite(method="BYE", to_tag="uas-1", cseq=2, branch="z9hG4bK-bye"), CALLER,
-                 UDP_IN)  # fmt: skip
+    core.receive(invite(method="BYE", to_tag="uas-1", cseq=2, branch="z9hG4bK-bye"), CALLER, UDP_IN)
     ack, bye = wire.take()
     assert (ack.message.method, ack.peer) == ("ACK", FS1)
     assert (bye.message.method, bye.peer) == ("BYE", FS1)

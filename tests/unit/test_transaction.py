@@ -41,8 +41,11 @@ def layer() -> tuple[TransactionLayer, Clock, list[tuple[float, bytes, Peer]]]:
     clock = Clock()
     sent: list[tuple[float, bytes, Peer]] = []
     transactions = TransactionLayer(
-        clock, lambda data, peer, local: sent.append((clock.seconds(), data, peer)),
-        TimerSettings(), lambda key: "tag")  # fmt: skip
+        clock,
+        lambda data, peer, local: sent.append((clock.seconds(), data, peer)),
+        TimerSettings(),
+        lambda key: "tag",
+    )
     return transactions, clock, sent
 
 
@@ -226,8 +229,10 @@ def test_ack_and_cancel_share_the_invites_hop():
     invite_request = request()
     final = parse_message(reply(invite_request, 486))
     assert isinstance(final, Response)
-    for derived, method in ((build_ack(invite_request, final), "ACK"),
-                            (build_cancel(invite_request, "SIP;cause=487"), "CANCEL")):  # fmt: skip
+    for derived, method in (
+        (build_ack(invite_request, final), "ACK"),
+        (build_cancel(invite_request, "SIP;cause=487"), "CANCEL"),
+    ):
         parsed = parse_message(derived.serialize())
         assert parsed.method == method
         assert parsed.uri == invite_request.uri

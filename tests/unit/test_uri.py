@@ -25,29 +25,43 @@ from sipha.uri import (
         ("sip:bob@biloxi.com", URI("sip", "bob", "biloxi.com")),
         ("sip:bob@biloxi.com:5070", URI("sip", "bob", "biloxi.com", 5070)),
         # The password stays part of the user: routing never needs it apart.
-        ("sip:alice:secretword@atlanta.com;transport=tcp",
-         URI("sip", "alice:secretword", "atlanta.com", None, {"transport": "tcp"})),
-        ("sips:alice@atlanta.com?subject=project%20x&priority=urgent",
-         URI("sips", "alice", "atlanta.com", None, {}, "subject=project%20x&priority=urgent")),
-        ("sip:+1-212-555-1212:1234@gateway.com;user=phone",
-         URI("sip", "+1-212-555-1212:1234", "gateway.com", None, {"user": "phone"})),
+        (
+            "sip:alice:secretword@atlanta.com;transport=tcp",
+            URI("sip", "alice:secretword", "atlanta.com", None, {"transport": "tcp"}),
+        ),
+        (
+            "sips:alice@atlanta.com?subject=project%20x&priority=urgent",
+            URI("sips", "alice", "atlanta.com", None, {}, "subject=project%20x&priority=urgent"),
+        ),
+        (
+            "sip:+1-212-555-1212:1234@gateway.com;user=phone",
+            URI("sip", "+1-212-555-1212:1234", "gateway.com", None, {"user": "phone"}),
+        ),
         # §19.1.1: ';' is legal in the user part, before the '@'.
         ("sip:alice;day=tuesday@atlanta.com", URI("sip", "alice;day=tuesday", "atlanta.com")),
-        ("sip:atlanta.com;method=REGISTER?to=alice%40atlanta.com",
-         URI("sip", None, "atlanta.com", None, {"method": "REGISTER"}, "to=alice%40atlanta.com")),
+        (
+            "sip:atlanta.com;method=REGISTER?to=alice%40atlanta.com",
+            URI("sip", None, "atlanta.com", None, {"method": "REGISTER"}, "to=alice%40atlanta.com"),
+        ),
         ("sip:p1.example.com;lr", URI("sip", None, "p1.example.com", None, {"lr": None})),
-        ("sip:proxy;lr;maddr=192.0.2.1;transport=UDP",
-         URI("sip", None, "proxy", None, {"lr": None, "maddr": "192.0.2.1", "transport": "UDP"})),
+        (
+            "sip:proxy;lr;maddr=192.0.2.1;transport=UDP",
+            URI("sip", None, "proxy", None, {"lr": None, "maddr": "192.0.2.1", "transport": "UDP"}),
+        ),
         ("sip:[2001:db8::1]", URI("sip", None, "2001:db8::1")),
-        ("sip:bob@[2001:db8::1]:5070;transport=tcp",
-         URI("sip", "bob", "2001:db8::1", 5070, {"transport": "tcp"})),
+        (
+            "sip:bob@[2001:db8::1]:5070;transport=tcp",
+            URI("sip", "bob", "2001:db8::1", 5070, {"transport": "tcp"}),
+        ),
         # Scheme, host and parameter names are case-insensitive; the user is not (§19.1.4).
-        ("SIP:Bob@BiLoxi.COM;Transport=TCP",
-         URI("sip", "Bob", "biloxi.com", None, {"transport": "TCP"})),
+        (
+            "SIP:Bob@BiLoxi.COM;Transport=TCP",
+            URI("sip", "Bob", "biloxi.com", None, {"transport": "TCP"}),
+        ),
         ("  sip:bob@biloxi.com  ", URI("sip", "bob", "biloxi.com")),
         ("sip:bob@192.0.2.4:5060", URI("sip", "bob", "192.0.2.4", 5060)),
     ],
-)  # fmt: skip
+)
 def test_parse_uri(text: str, expected: URI) -> None:
     assert parse_uri(text) == expected
 
@@ -167,30 +181,46 @@ def test_format_host_port(host: str, port: int | None, expected: str) -> None:
     [
         ("<sip:bob@biloxi.com>", NameAddr("", "sip:bob@biloxi.com", {})),
         ("Bob <sip:bob@biloxi.com>", NameAddr("Bob", "sip:bob@biloxi.com", {})),
-        ('"Bob" <sips:bob@biloxi.com>;tag=a6c85cf',
-         NameAddr('"Bob"', "sips:bob@biloxi.com", {"tag": "a6c85cf"})),
-        ("Alice Liddell <sip:alice@atlanta.com>;tag=1928301774",
-         NameAddr("Alice Liddell", "sip:alice@atlanta.com", {"tag": "1928301774"})),
+        (
+            '"Bob" <sips:bob@biloxi.com>;tag=a6c85cf',
+            NameAddr('"Bob"', "sips:bob@biloxi.com", {"tag": "a6c85cf"}),
+        ),
+        (
+            "Alice Liddell <sip:alice@atlanta.com>;tag=1928301774",
+            NameAddr("Alice Liddell", "sip:alice@atlanta.com", {"tag": "1928301774"}),
+        ),
         # URI parameters stay inside the brackets, header parameters outside.
         ("<sip:p1.example.com;lr>", NameAddr("", "sip:p1.example.com;lr", {})),
-        ("<sip:alice@pc33.atlanta.com;transport=tcp>;expires=3600;q=0.7",
-         NameAddr("", "sip:alice@pc33.atlanta.com;transport=tcp", {"expires": "3600", "q": "0.7"})),
+        (
+            "<sip:alice@pc33.atlanta.com;transport=tcp>;expires=3600;q=0.7",
+            NameAddr(
+                "", "sip:alice@pc33.atlanta.com;transport=tcp", {"expires": "3600", "q": "0.7"}
+            ),
+        ),
         # Quoted display names may hold ',', '<', '>', ';' and escaped quotes.
-        ('"Doe, John" <sip:john@example.com>;tag=x',
-         NameAddr('"Doe, John"', "sip:john@example.com", {"tag": "x"})),
-        ('"a<b>c" <sip:c@example.com>;tag=1',
-         NameAddr('"a<b>c"', "sip:c@example.com", {"tag": "1"})),
-        ('"<sip:fake@evil.example>" <sip:real@example.com>',
-         NameAddr('"<sip:fake@evil.example>"', "sip:real@example.com", {})),
-        (r'"J Rosenberg \"<\"" <sip:jdrosen@example.com>;tag=98asjd8',
-         NameAddr(r'"J Rosenberg \"<\""', "sip:jdrosen@example.com", {"tag": "98asjd8"})),
+        (
+            '"Doe, John" <sip:john@example.com>;tag=x',
+            NameAddr('"Doe, John"', "sip:john@example.com", {"tag": "x"}),
+        ),
+        (
+            '"a<b>c" <sip:c@example.com>;tag=1',
+            NameAddr('"a<b>c"', "sip:c@example.com", {"tag": "1"}),
+        ),
+        (
+            '"<sip:fake@evil.example>" <sip:real@example.com>',
+            NameAddr('"<sip:fake@evil.example>"', "sip:real@example.com", {}),
+        ),
+        (
+            r'"J Rosenberg \"<\"" <sip:jdrosen@example.com>;tag=98asjd8',
+            NameAddr(r'"J Rosenberg \"<\""', "sip:jdrosen@example.com", {"tag": "98asjd8"}),
+        ),
         # §20.10: without brackets the first ';' starts the header parameters.
         ("sip:bob@biloxi.com;tag=1", NameAddr("", "sip:bob@biloxi.com", {"tag": "1"}, False)),
         ("sip:bob@biloxi.com ; tag = 1", NameAddr("", "sip:bob@biloxi.com", {"tag": "1"}, False)),
         ("tel:+12015550123;tag=9", NameAddr("", "tel:+12015550123", {"tag": "9"}, False)),
         ("  <sip:x@y>  ;Tag=Z", NameAddr("", "sip:x@y", {"tag": "Z"})),
     ],
-)  # fmt: skip
+)
 def test_parse_name_addr(text: str, expected: NameAddr) -> None:
     assert parse_name_addr(text) == expected
 
@@ -257,8 +287,10 @@ def test_name_addr_parsed_uri() -> None:
         ("  a  ", ["a"]),
         ("a, b,c", ["a", "b", "c"]),
         ("a,,b, ,", ["a", "b"]),
-        ("SIP/2.0/UDP a;branch=1, SIP/2.0/TCP b:5060;branch=2",
-         ["SIP/2.0/UDP a;branch=1", "SIP/2.0/TCP b:5060;branch=2"]),
+        (
+            "SIP/2.0/UDP a;branch=1, SIP/2.0/TCP b:5060;branch=2",
+            ["SIP/2.0/UDP a;branch=1", "SIP/2.0/TCP b:5060;branch=2"],
+        ),
         ('"Doe, John" <sip:j@x>, <sip:k@y>', ['"Doe, John" <sip:j@x>', "<sip:k@y>"]),
         ('"a \\", b" <sip:j@x>, c', ['"a \\", b" <sip:j@x>', "c"]),
         ("<sip:a@x?h=1,2>, <sip:b@y>", ["<sip:a@x?h=1,2>", "<sip:b@y>"]),
@@ -266,6 +298,6 @@ def test_name_addr_parsed_uri() -> None:
         ("x>, y", ["x>", "y"]),  # a stray '>' does not hide the next comma
         ('"unterminated, quote', ['"unterminated, quote']),
     ],
-)  # fmt: skip
+)
 def test_split_comma_list(value: str, expected: list[str]) -> None:
     assert split_comma_list(value) == expected
