@@ -16,12 +16,13 @@ from sipha.control import Control
 from sipha.dialog_store import DialogStore
 from sipha.dispatcher import Dispatcher
 from sipha.logs import Log, set_level
+from sipha.operations import add_operations
 from sipha.probing import Prober
 from sipha.proxy import ProxyCore
 from sipha.routing import RouteHelpers
 from sipha.store import Database
 from sipha.transaction import TimerSettings
-from sipha.transport import Transports
+from sipha.transport import ListenError, Transports
 
 log = Log(namespace="sipha.service")
 
@@ -92,8 +93,12 @@ class SIPService(service.MultiService):
         self.transports = Transports(self.reactor, config.proxy.max_message_size)
         self.core = build_core(config, self.reactor, self.transports.send, (dispatcher, balancer))
         self.transports.core = self.core
-        for listener in config.proxy.listen:
-            self.transports.listen(listener, config.proxy.udp_receive_buffer)
+        try:
+            for listener in config.proxy.listen:
+                self.transports.listen(listener, config.proxy.udp_receive_buffer)
+        except ListenError as error:
+            # One line, not a traceback: the usual cause is another sipha running.
+            raise SystemExit(f"sipha: {error}") from None
         self.database = Database(config.database.resolved_url, self.reactor)
         dialogs = self.core.dialogs
         self.store = DialogStore(
@@ -122,9 +127,7 @@ class SIPService(service.MultiService):
                     name, self.core, module, interval=interval, method=method, from_uri=from_uri
                 )
                 prober.service(self.reactor).setServiceParent(self)
-        # Operations: Manhole, control socket, /metrics, as configured (sipha.operations).
-        from sipha.operations import add_operations
-
+        # Operations: Manhole, control socket, /metrics, as configured.
         add_operations(self)
         super().startService()
         if threading.current_thread() is threading.main_thread():

@@ -44,6 +44,44 @@ def set_receive_buffer(sock: socket.socket, size: int) -> int:
     return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
 
 
+# Linux: bind an address this host does not have (yet): the virtual IP, on the standby.
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+IPV6_FREEBIND = 78
+
+
+class ListenError(Exception):
+    """A listen address that cannot be bound; the message names it and says why."""
+
+
+def bind_socket(listener: ListenAddress, receive_buffer: int) -> socket.socket:
+    """A bound, non-blocking socket for ``listener``, made before the reactor adopts it.
+
+    Made by hand because the options must be set before ``bind``: FREEBIND lets
+    the passive node of a pair bind the virtual IP while the active node holds
+    it (no ``net.ipv4.ip_nonlocal_bind`` needed), and the UDP receive buffer is
+    sized before the first datagram can arrive.
+    """
+    udp = listener.transport == "udp"
+    sock = socket.socket(listener.family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+    try:
+        if listener.family == socket.AF_INET:
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        if udp:
+            set_receive_buffer(sock, receive_buffer)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((listener.host, listener.port))
+        if not udp:
+            sock.listen(1024)
+        sock.setblocking(False)
+    except OSError as error:
+        sock.close()
+        raise ListenError(f"cannot listen on {listener}: {error.strerror or error}") from None
+    return sock
+
+
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -131,27 +169,30 @@ class Transports:
         self.connections: dict[tuple[str, int], SIPStreamProtocol] = {}
 
     def listen(self, listener: ListenAddress, receive_buffer: int) -> None:
-        if listener.transport == "udp":
-            port = self.reactor.listenUDP(
-                listener.port,
-                SIPDatagramProtocol(self.core, listener),
-                interface=listener.host,
-                maxPacketSize=65535,
-            )
-            granted = set_receive_buffer(port.socket, receive_buffer)
-            if granted < receive_buffer:
-                log.warn(
-                    "{listener}: receive buffer is {granted} bytes, not {wanted}: "
-                    "raise net.core.rmem_max",
-                    listener=listener,
-                    granted=granted,
-                    wanted=receive_buffer,
+        sock = bind_socket(listener, receive_buffer)
+        try:
+            if listener.transport == "udp":
+                granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+                if granted < receive_buffer:
+                    log.warn(
+                        "{listener}: receive buffer is {granted} bytes, not {wanted}: "
+                        "raise net.core.rmem_max",
+                        listener=listener,
+                        granted=granted,
+                        wanted=receive_buffer,
+                    )
+                self.udp[listener] = self.reactor.adoptDatagramPort(
+                    sock.fileno(),
+                    listener.family,
+                    SIPDatagramProtocol(self.core, listener),
+                    maxPacketSize=65535,
                 )
-            self.udp[listener] = port
-        else:
-            self.tcp[listener] = self.reactor.listenTCP(
-                listener.port, SIPStreamFactory(self, listener), interface=listener.host
-            )
+            else:
+                self.tcp[listener] = self.reactor.adoptStreamPort(
+                    sock.fileno(), listener.family, SIPStreamFactory(self, listener)
+                )
+        finally:
+            sock.close()  # the reactor holds its own duplicate
         log.info("sipha listening on {listener}", listener=listener)
 
     async def stop(self) -> None:
