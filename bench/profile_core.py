@@ -24,7 +24,7 @@ from proxykit import CALLER, UDP_IN, invite, reply
 
 from sipha.config import parse_config
 from sipha.message import parse_message
-from sipha.service import build_core
+from sipha.service import build_core, tune_garbage_collector
 from sipha.transaction import Peer
 
 CONFIG = """
@@ -47,6 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20000)
     calls = parser.parse_args().calls
+    tune_garbage_collector()  # as the service does
     # The real reactor's timer heap (never run): task.Clock re-sorts its list
     # on every callLater, which would dominate a run with thousands of timers.
     clock = reactor

@@ -96,9 +96,12 @@ class ProxyCore:
         self.responses_received: Counter[int] = Counter()
         self.helpers: RouteHelpers = helpers_factory(self)
         self.dialogs = Dialogs(
-            clock, dialog_timeout, is_local=self._is_local_text, on_end=self._dialog_ended
+            clock, dialog_timeout, is_local=self.is_local_uri, on_end=self._dialog_ended
         )
         self._local = {(lst.host, lst.port) for lst in self.listeners}
+        self._own_uri_prefixes = tuple(
+            f"sip:{format_host_port(lst.host, lst.port)};" for lst in self.listeners
+        )
         # Branches of sipha's own requests: unique per process and start time.
         self.instance_id = _digest(id(self), clock.seconds())[:8]
         self._branches = 0
@@ -107,7 +110,10 @@ class ProxyCore:
     def is_local(self, uri: URI) -> bool:
         return (uri.host, uri.effective_port) in self._local
 
-    def _is_local_text(self, uri: str) -> bool:
+    def is_local_uri(self, uri: str) -> bool:
+        """The same for a URI as text; sipha's own Record-Route URIs need no parsing."""
+        if uri.startswith(self._own_uri_prefixes):
+            return True
         try:
             return self.is_local(parse_uri(uri))
         except URIError:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from sipha.dialog import DialogState
 from sipha.message import Request
-from sipha.uri import URI, URIError, parse_name_addr, parse_uri
+from sipha.uri import URIError, parse_name_addr, parse_uri
 
 if TYPE_CHECKING:
     from sipha.balancer import Allocation, LoadBalancer
@@ -73,7 +73,7 @@ class ProxyState(Protocol):
 
     @property
     def dialogs(self) -> Dialogs: ...
-    def is_local(self, uri: URI) -> bool: ...
+    def is_local_uri(self, uri: str) -> bool: ...
     def has_invite_transaction(self, cancel: Request) -> bool: ...
 
 
@@ -118,7 +118,7 @@ class RouteHelpers:
         pointing at its next hop.
         """
         routes = request.get_all("route")
-        via_strict = self._is_local(request.uri)
+        via_strict = self.proxy.is_local_uri(request.uri)
         if via_strict:
             # The previous hop was a strict router: our own URI is in the
             # R-URI and the real target is the last Route (§16.4).
@@ -129,7 +129,7 @@ class RouteHelpers:
         removed = 0
         while routes and removed < 2:
             first = parse_name_addr(routes[0])
-            if not self._is_local(first.uri):
+            if not self.proxy.is_local_uri(first.uri):
                 break
             routes.pop(0)
             removed += 1
@@ -165,7 +165,7 @@ class RouteHelpers:
             target = dialog.caller_contact
         if not target:
             return None
-        if self._is_local(request.uri):
+        if self.proxy.is_local_uri(request.uri):
             request.uri = target
         return target
 
@@ -189,10 +189,7 @@ class RouteHelpers:
         return self.dispatcher.select(request, set_id, algorithm)
 
     def _is_local(self, uri: str) -> bool:
-        try:
-            return self.proxy.is_local(parse_uri(uri))
-        except URIError:
-            return False
+        return self.proxy.is_local_uri(uri)
 
 
 def _uri_params(uri: str) -> dict[str, str | None]:

@@ -10,6 +10,7 @@ the connection a peer already has with sipha, in either direction (RFC 3261
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from typing import Any
@@ -82,7 +83,9 @@ def bind_socket(listener: ListenAddress, receive_buffer: int) -> socket.socket:
     return sock
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_ip(host: str) -> bool:
+    """Is ``host`` an IP literal? Asked for every message sent; the answer rarely changes."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -221,7 +224,9 @@ class Transports:
                 log.warn("no UDP socket for {local}", local=local)
                 return
             try:
-                port.write(data, (peer.host, peer.port))
+                # The socket itself, not Port.write: that re-validates the
+                # address on every datagram, which the hot path cannot afford.
+                port.socket.sendto(data, (peer.host, peer.port))
             except OSError as error:
                 # A full send buffer or unreachable peer: the transaction's own
                 # retransmissions and timers deal with the loss.

@@ -212,31 +212,15 @@ def name_addr_tag(text: str) -> str | None:
     return _split_params(params).get("tag")
 
 
+#: One element of a comma list: runs of plain text, quoted strings and <...>,
+#: each possibly unterminated (then it runs to the end, as a parser would read it).
+_LIST_ELEMENT = re.compile(r'(?:[^,"<]+|"(?:[^"\\]|\\.)*"?|<[^>]*>?)+')
+
+
 def split_comma_list(value: str) -> list[str]:
     """Split a comma-separated header value, ignoring commas in quotes and <...>."""
     if "," not in value:
         return [value.strip()]
-    items: list[str] = []
-    depth = 0
-    quoted = False
-    start = 0
-    i = 0
-    while i < len(value):
-        c = value[i]
-        if quoted:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c == "<":
-            depth += 1
-        elif c == ">":
-            depth = max(0, depth - 1)
-        elif c == "," and depth == 0:
-            items.append(value[start:i].strip())
-            start = i + 1
-        i += 1
-    items.append(value[start:].strip())
-    return [item for item in items if item]
+    plain = '"' not in value and "<" not in value
+    items = value.split(",") if plain else _LIST_ELEMENT.findall(value)
+    return [stripped for item in items if (stripped := item.strip())]
