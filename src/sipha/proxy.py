@@ -64,6 +64,10 @@ def _digest(*parts: object) -> str:
     ).hexdigest()
 
 
+def _crc(text: object) -> str:
+    return format(zlib.crc32(str(text).encode("utf-8", "surrogateescape")), "08x")
+
+
 class ProxyCore:
     """The proxy as one object: feed it messages with :meth:`receive`.
 
@@ -257,7 +261,7 @@ class ProxyCore:
         """The §16.6 step 8 loop-detection part of the branch: the same for a looped copy."""
         routes = ",".join(request.get_all("route"))
         text = f"{request.uri}\x00{request.from_tag}\x00{request.call_id}\x00{request.cseq}\x00{routes}"
-        return format(zlib.crc32(text.encode("utf-8", "surrogateescape")), "08x")
+        return _crc(text)
 
     def _looped(self, request: Request, loop_key: str) -> bool:
         for value in request.get_all("via"):
@@ -329,7 +333,7 @@ class ProxyCore:
             self.stats["requests_dropped"] += 1
             return
         peer, local = hop
-        branch = f"{BRANCH_COOKIE}{loop_key}.{_digest(request.top_via.branch)[:10]}.a"
+        branch = f"{BRANCH_COOKIE}{loop_key}.{_crc(request.top_via.branch)}.a"
         request.insert("Via", self.via_for(local, branch))
         self.stats["requests_forwarded"] += 1
         self.send(request.serialize(), peer, local)
