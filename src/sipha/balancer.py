@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sipha.config import parse_resources
@@ -73,10 +73,12 @@ class _Destination:
     health: Health
     #: Units held by resource; shared with the counters table, see ``LoadBalancer._loads``.
     load: dict[str, int]
+    #: ``(group, URI)``: what a destination is across reloads. Kept, not
+    #: recomputed: every selection compares it with the call's tried ones.
+    key: _Key = field(init=False)
 
-    @property
-    def key(self) -> _Key:
-        return self.group, self.uri.lower()
+    def __post_init__(self) -> None:
+        self.key = (self.group, self.uri.lower())
 
     def availability(self, resources: Sequence[str], relative: bool) -> int:
         """OpenSIPS's free capacity: the scarcest requested resource, never below 0."""
@@ -163,7 +165,7 @@ class Allocation:
         self.resources = resources
         self._balancer = balancer
         self._relative = relative
-        self._tried: set[_Key] = set()
+        self._tried: tuple[_Key, ...] = ()  # a call tries a few at most: a tuple is smallest
         self._held: _Destination | None = None
 
     def __iter__(self) -> Iterator[str]:
@@ -178,7 +180,7 @@ class Allocation:
         return chosen.uri
 
     def _hold(self, destination: _Destination) -> None:
-        self._tried.add(destination.key)
+        self._tried += (destination.key,)
         destination.take(self.resources)
         self._held = destination
 
@@ -314,7 +316,7 @@ class LoadBalancer:
         return allocation
 
     def _best(
-        self, group: int, resources: tuple[str, ...], relative: bool, tried: set[_Key]
+        self, group: int, resources: tuple[str, ...], relative: bool, tried: tuple[_Key, ...]
     ) -> _Destination | None:
         best, best_free = None, 0
         for destination in self._destinations:

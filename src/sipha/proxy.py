@@ -103,6 +103,7 @@ class ProxyCore:
             clock, dialog_timeout, is_local=self.is_local_uri, on_end=self._dialog_ended
         )
         self._local = {(lst.host, lst.port) for lst in self.listeners}
+        self._socket_texts: dict[Any, str] = {}
         self._own_uri_prefixes = tuple(
             f"sip:{format_host_port(lst.host, lst.port)};" for lst in self.listeners
         )
@@ -125,6 +126,13 @@ class ProxyCore:
 
     def has_invite_transaction(self, cancel: Request) -> bool:
         return self.layer.find_server(cancel, "INVITE") is not None
+
+    def socket_text(self, listener: Any) -> str:
+        """``udp:127.0.0.1:5060`` for a listener, one string shared by every dialog."""
+        text = self._socket_texts.get(listener)
+        if text is None:
+            text = self._socket_texts[listener] = str(listener)
+        return text
 
     def listener_for(self, transport: str, host: str) -> Any:
         """The listener that sends to ``host`` over ``transport``: same transport and family."""
@@ -389,7 +397,7 @@ class ProxyContext:
         self.dialog: Dialog | None = None
         if self.request.method == "INVITE" and self.request.to_tag is None:
             binding: Any = decision.targets if hasattr(decision.targets, "release") else None
-            self.dialog = core.dialogs.create(self.request, str(server.local), binding)
+            self.dialog = core.dialogs.create(self.request, core.socket_text(server.local), binding)
             if self.dialog is not None and binding is not None:
                 self.dialog.lb_group = getattr(binding, "group", None)
                 self.dialog.lb_resources = tuple(getattr(binding, "resources", ()))
@@ -463,7 +471,9 @@ class ProxyContext:
         if status < 300:
             self.finished = True
             if self.dialog is not None:
-                self.core.dialogs.answered(self.dialog, response, str(branch.local))
+                self.core.dialogs.answered(
+                    self.dialog, response, self.core.socket_text(branch.local)
+                )
             self.server.send_response(response)
             return
         if self.finished:
