@@ -52,7 +52,9 @@ def main() -> None:
     # on every callLater, which would dominate a run with thousands of timers.
     clock = reactor
     outbox: list[tuple[bytes, Peer]] = []
-    core = build_core(parse_config(CONFIG), clock, lambda data, peer, local: outbox.append((data, peer)))
+    core = build_core(
+        parse_config(CONFIG), clock, lambda data, peer, local: outbox.append((data, peer))
+    )
     in_core = 0.0
 
     def feed(data: bytes, source: Peer) -> None:
@@ -71,17 +73,38 @@ def main() -> None:
         for status in (100, 180, 200):
             feed(reply(forwarded, status), peer)
         route = forwarded.get("record-route")
-        feed(invite(method="ACK", uri="sip:fs@127.0.0.1:5071", call_id=call_id,
-                    to_tag="uas-1", branch=f"z9hG4bK-a{n}", routes=(route,)), CALLER)
-        feed(invite(method="BYE", uri="sip:fs@127.0.0.1:5071", call_id=call_id, cseq=2,
-                    to_tag="uas-1", branch=f"z9hG4bK-b{n}", routes=(route,)), CALLER)
+        feed(
+            invite(
+                method="ACK",
+                uri="sip:fs@127.0.0.1:5071",
+                call_id=call_id,
+                to_tag="uas-1",
+                branch=f"z9hG4bK-a{n}",
+                routes=(route,),
+            ),
+            CALLER,
+        )
+        feed(
+            invite(
+                method="BYE",
+                uri="sip:fs@127.0.0.1:5071",
+                call_id=call_id,
+                cseq=2,
+                to_tag="uas-1",
+                branch=f"z9hG4bK-b{n}",
+                routes=(route,),
+            ),
+            CALLER,
+        )
         bye = parse_message(outbox[-1][0])
         feed(reply(bye, 200), peer)
         outbox.clear()
     elapsed = time.process_time() - started
-    print(f"{calls} calls: {in_core / calls * 1e6:.0f} µs per call inside the core "
-          f"({in_core / calls / 7 * 1e6:.1f} µs per message, 7 messages in per call); "
-          f"{elapsed / calls * 1e6:.0f} µs per call with the test's own message building")
+    print(
+        f"{calls} calls: {in_core / calls * 1e6:.0f} µs per call inside the core "
+        f"({in_core / calls / 7 * 1e6:.1f} µs per message, 7 messages in per call); "
+        f"{elapsed / calls * 1e6:.0f} µs per call with the test's own message building"
+    )
 
 
 if __name__ == "__main__":

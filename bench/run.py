@@ -52,6 +52,7 @@ from procs import (
     counter,
     cpu_by_pid,
     cpu_seconds,
+    last_stat_row,
     percentile,
     pids_named,
     port_free,
@@ -601,8 +602,14 @@ def placement_time(rows: list[dict[str, str]], placed: int) -> float:
 
 
 def run_step(session: Session, rate: int, seconds: int, tag: str,
-             probe: Callable[[], int | None] | None = None) -> Step:  # fmt: skip
-    """Place ``rate * seconds`` calls at ``rate`` CPS and measure the proxy meanwhile."""
+             probe: Callable[[], int | None] | None = None,
+             stop_on_failure: bool = False) -> Step:  # fmt: skip
+    """Place ``rate * seconds`` calls at ``rate`` CPS and measure the proxy meanwhile.
+
+    With ``stop_on_failure`` the caller is stopped at its first failed call:
+    the step has failed already, and the rest would only deepen the overload
+    the next step has to wait out.
+    """
     directory = session.directory / tag
     directory.mkdir(parents=True, exist_ok=True)
     calls = rate * seconds
@@ -631,6 +638,7 @@ def run_step(session: Session, rate: int, seconds: int, tag: str,
     assert caller.popen is not None
     started = time.monotonic()
     probed = probe is None
+    checked = 0.0
     # The proxy's CPU while calls flow: from when the first BYEs arrive (hold +
     # a margin) to the last call placed, without the start and the tail.
     pids = session.target.pids()
@@ -643,6 +651,12 @@ def run_step(session: Session, rate: int, seconds: int, tag: str,
         if not probed and elapsed >= seconds / 2:
             step.dialog_rows = probe() if probe is not None else None
             probed = True
+        if stop_on_failure and elapsed - checked >= 0.5:
+            checked = elapsed
+            if counter(last_stat_row(stats), "FailedCall(C)"):
+                step.note = f"stopped at the first failed call, {elapsed:.1f} s in"
+                caller.stop(grace=5)
+                break
         if elapsed > seconds + 70:
             step.note = "sipp ignored its -timeout and was killed"
             caller.stop(grace=2)
@@ -788,7 +802,8 @@ def bench_rates(make: Callable[[], Target], plan: Plan, results: Results,
 
             def measure(rate: int, session: Session = session, steps: list[Step] = steps,
                         label: str = f"run {number}") -> Step:  # fmt: skip
-                step = run_step(session, rate, plan.step_seconds, f"{rate}cps")
+                step = run_step(session, rate, plan.step_seconds, f"{rate}cps",
+                                stop_on_failure=True)  # fmt: skip
                 steps.append(step)
                 print(describe(label, step), flush=True)
                 if not step.held:
