@@ -253,7 +253,9 @@ def write_report(path: Path, results: Results) -> None:
         if target.latency is not None:
             lines += ["Latency step:", "", *_steps([target.latency]), ""]
     lines += [
-        "Columns: *Failed* = calls placed but not completed at the caller; *MS failed* = "
+        "Columns: *Failed* = calls placed but not completed at the caller (a step is stopped "
+        "at its first failed call, and the calls still in progress then count as failed too); "
+        "*MS failed* = "
         "calls the media servers failed; *Retrans* = retransmissions by the caller and the "
         "media servers; *sipp CPU* = caller plus both media servers, in % of one CPU; "
         "*Proxy drops* = datagrams dropped at the proxy's socket for a full receive buffer "
