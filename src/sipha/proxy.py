@@ -33,6 +33,7 @@ from sipha.message import (
 )
 from sipha.routing import DROP, Relay, Reply, Route, RouteHelpers
 from sipha.transaction import (
+    IGNORE_REPLIES,
     ClientTransaction,
     ClientUser,
     Clock,
@@ -249,7 +250,7 @@ class ProxyCore:
             return
         log.info("dialog {call_id} timed out: sending BYE both ways", call_id=dialog.call_id)
         for request in dialog_byes(dialog):
-            self.send_request(request, None, _IGNORE)
+            self.send_request(request, None, IGNORE_REPLIES)
 
     def _validate(self, request: Request, loop_key: str) -> Reply | None:
         """§16.3: URI scheme (416), Proxy-Require (420) and loops (482)."""
@@ -362,19 +363,6 @@ class ProxyCore:
         context = ProxyContext(self, server, decision, loop_key)
         server.user = context
         context.start()
-
-
-class _IgnoreReplies:
-    """The user of a CANCEL the proxy sends: its 200 or its timeout change nothing."""
-
-    def on_response(self, transaction: ClientTransaction, response: Response) -> None:
-        pass
-
-    def on_timeout(self, transaction: ClientTransaction) -> None:
-        pass
-
-
-_IGNORE = _IgnoreReplies()
 
 
 class ProxyContext:
@@ -512,7 +500,9 @@ class ProxyContext:
             return
         branch.cancel_sent = True
         cancel = build_cancel(branch.request, reason)
-        ClientTransaction(self.core.layer, cancel, branch.peer, branch.local, _IGNORE).start()
+        ClientTransaction(
+            self.core.layer, cancel, branch.peer, branch.local, IGNORE_REPLIES
+        ).start()
 
     def _remember(self, response: Response) -> None:
         """Keep the best final reply so far (§16.7 step 6): 6xx wins, then the lowest class."""

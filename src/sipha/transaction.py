@@ -225,8 +225,10 @@ class ServerTransaction:
             self.timers.set_deadline(t4, self.terminate)  # Timer I
 
     def terminate(self) -> None:
+        """Leave the table; dropping the user breaks the transaction-context cycle."""
         self.state = State.TERMINATED
         self.timers.stop()
+        self.user = None
         if self.layer.servers.get(self.key) is self:
             del self.layer.servers[self.key]
 
@@ -236,6 +238,19 @@ class ClientUser(Protocol):
 
     def on_response(self, transaction: ClientTransaction, response: Response) -> None: ...
     def on_timeout(self, transaction: ClientTransaction) -> None: ...
+
+
+class _IgnoreReplies:
+    """A user that wants no reports: a CANCEL's 200 or timeout changes nothing."""
+
+    def on_response(self, transaction: ClientTransaction, response: Response) -> None:
+        pass
+
+    def on_timeout(self, transaction: ClientTransaction) -> None:
+        pass
+
+
+IGNORE_REPLIES = _IgnoreReplies()
 
 
 class ClientTransaction:
@@ -309,12 +324,13 @@ class ClientTransaction:
     def _timeout(self) -> None:
         if self.state not in (State.CALLING, State.TRYING, State.PROCEEDING):
             return
+        user = self.user
         if self.is_invite and self.provisional:
             # The user CANCELs a ringing branch; stay to ACK the 487 it will send.
             self.timers.set_deadline(64 * self.layer.timers.t1, self.terminate)
         else:
             self.terminate()
-        self.user.on_timeout(self)
+        user.on_timeout(self)
 
     def stop_retransmissions(self) -> None:
         """Used when a CANCEL makes further INVITE retransmissions pointless."""
@@ -382,8 +398,10 @@ class ClientTransaction:
         self.layer.send(build_ack(self.request, response).serialize(), self.peer, self.local)
 
     def terminate(self) -> None:
+        """Leave the table; dropping the user breaks the transaction-context cycle."""
         self.state = State.TERMINATED
         self.timers.stop()
+        self.user = IGNORE_REPLIES
         if self.layer.clients.get(self.key) is self:
             del self.layer.clients[self.key]
 
