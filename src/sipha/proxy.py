@@ -53,6 +53,7 @@ from sipha.uri import (
     parse_uri,
     split_comma_list,
 )
+from sipha.wheel import TimerWheel
 
 log = Log(namespace="sipha.proxy")
 
@@ -94,14 +95,16 @@ class ProxyCore:
         self.listeners = list(listeners)
         self.route = route
         self.max_message_size = max_message_size
-        self.layer = TransactionLayer(clock, send, timers, lambda key: _digest(*key)[:10])
+        # Transaction and dialog timers share one wheel: one reactor call for all.
+        wheel = TimerWheel(clock)
+        self.layer = TransactionLayer(wheel, send, timers, lambda key: _digest(*key)[:10])
         # Counters for metrics: events, requests in by method, responses in by code.
         self.stats: Counter[str] = Counter()
         self.requests_received: Counter[str] = Counter()
         self.responses_received: Counter[int] = Counter()
         self.helpers: RouteHelpers = helpers_factory(self)
         self.dialogs = Dialogs(
-            clock, dialog_timeout, is_local=self.is_local_uri, on_end=self._dialog_ended
+            wheel, dialog_timeout, is_local=self.is_local_uri, on_end=self._dialog_ended
         )
         self._local = {(lst.host, lst.port) for lst in self.listeners}
         self._socket_texts: dict[Any, str] = {}
