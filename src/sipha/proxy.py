@@ -374,7 +374,6 @@ class ProxyContext:
     def __init__(self, core: ProxyCore, server: ServerTransaction, decision: Relay, loop_key: str):
         self.core = core
         self.server = server
-        self.request = server.request
         self.record_route = decision.record_route and self.request.to_tag is None
         self.targets: Iterator[str | None] = (
             iter(decision.targets) if decision.targets is not None else iter([None])
@@ -392,6 +391,13 @@ class ProxyContext:
             if self.dialog is not None and binding is not None:
                 self.dialog.lb_group = getattr(binding, "group", None)
                 self.dialog.lb_resources = tuple(getattr(binding, "resources", ()))
+
+    @property
+    def request(self) -> Request:
+        """The request being proxied, which the server transaction keeps until its final reply."""
+        request = self.server.request
+        assert request is not None, "the request is gone once the final reply went out"
+        return request
 
     def start(self) -> None:
         if not self.next_branch():
@@ -489,19 +495,22 @@ class ProxyContext:
             return
         self.cancelled = True
         for branch in self.branches:
+            if branch.final is not None:
+                continue  # answered already: nothing to cancel
             if branch.provisional:
                 self._send_cancel(branch)
             else:
                 # A CANCEL may not precede a provisional reply; one is sent if
                 # the branch rings later (see on_response).
                 branch.stop_retransmissions()
-        if not any(branch.provisional for branch in self.branches):
+        if not any(branch.provisional and branch.final is None for branch in self.branches):
             self._finish()
 
     def _send_cancel(self, branch: ClientTransaction, reason: str | None = None) -> None:
         if branch.cancel_sent:
             return
         branch.cancel_sent = True
+        assert branch.request is not None, "only a branch without a final reply is cancelled"
         cancel = build_cancel(branch.request, reason)
         ClientTransaction(
             self.core.layer, cancel, branch.peer, branch.local, IGNORE_REPLIES

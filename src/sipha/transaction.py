@@ -111,6 +111,14 @@ def server_key(request: Request, method: str | None = None) -> tuple[Any, ...]:
     return ("2543", request.call_id, request.cseq, request.from_tag, via.host, via.port, method)
 
 
+def _response_peer(request: Request, source: Peer) -> Peer:
+    """Where responses go: the connection for streams, the Via for datagrams (§18.2.2)."""
+    if source.reliable:
+        return source
+    host, port = request.top_via.response_target("udp")
+    return Peer("udp", host, port)
+
+
 class ServerTransaction:
     """The proxy's server side of one request (§17.2.1 INVITE, §17.2.2 non-INVITE)."""
 
@@ -118,7 +126,9 @@ class ServerTransaction:
         "layer",
         "key",
         "request",
+        "is_invite",
         "source",
+        "peer",
         "local",
         "state",
         "last_response",
@@ -138,19 +148,18 @@ class ServerTransaction:
     ):
         self.layer = layer
         self.key = key
-        self.request = request
+        #: Until the final reply; then only what retransmissions need is kept.
+        self.request: Request | None = request
+        self.is_invite = request.method == "INVITE"
         self.source = source
+        self.peer = _response_peer(request, source)
         self.local = local
-        self.state = State.PROCEEDING if request.method == "INVITE" else State.TRYING
+        self.state = State.PROCEEDING if self.is_invite else State.TRYING
         self.last_response: bytes | None = None
         self.timers = _Timers(layer.clock)
         self.user: Any = None
         self._to_tag: str | None = None
         self._interval = layer.timers.t1
-
-    @property
-    def is_invite(self) -> bool:
-        return self.request.method == "INVITE"
 
     @property
     def to_tag(self) -> str:
@@ -162,50 +171,54 @@ class ServerTransaction:
     def reply(
         self, status: int, reason: str | None = None, extra: tuple[tuple[str, str], ...] = ()
     ) -> None:
-        """Answer with a locally generated response."""
-        self.send_response(
-            make_response(self.request, status, reason, to_tag=self.to_tag, extra=extra)
-        )
+        """Answer with a locally generated response (nothing once a final reply went out)."""
+        if self.request is not None:
+            self.send_response(
+                make_response(self.request, status, reason, to_tag=self.to_tag, extra=extra)
+            )
 
     def send_response(self, response: Response) -> None:
         status = response.status
-        if self.state in (State.COMPLETED, State.CONFIRMED, State.TERMINATED):
+        state = self.state
+        if state in (State.COMPLETED, State.CONFIRMED, State.TERMINATED):
             return  # a final reply went out already; later ones are not ours to send
-        if self.state is State.ACCEPTED and not 200 <= status < 300:
+        if state is State.ACCEPTED:
+            if 200 <= status < 300:  # RFC 6026: 2xx retransmissions pass through
+                self._send(response.serialize(), status)
             return
         data = response.serialize()
-        self.layer.responses_sent[status] += 1
-        self.last_response = data
-        self._transmit()
+        self._send(data, status)
         if status < 200:
-            if self.state is State.TRYING:
+            self.last_response = data
+            if state is State.TRYING:
                 self.state = State.PROCEEDING
             return
+        # A final reply: the request is no longer needed (calls in progress
+        # outlive their transactions' 32 s linger by far, but thousands linger).
+        self.request = None
         timers = self.layer.timers
-        if self.is_invite:
-            if status < 300:
-                # RFC 6026: absorb INVITE retransmissions, pass 2xx retransmissions.
-                self.state = State.ACCEPTED
-                self.timers.set_deadline(64 * timers.t1, self.terminate)
-                return
-            self.state = State.COMPLETED
-            if not self.source.reliable:
-                self.timers.set_retransmit(timers.t1, self._timer_g)
-            self.timers.set_deadline(64 * timers.t1, self.terminate)  # Timer H
+        if self.is_invite and status < 300:
+            # RFC 6026: absorb INVITE retransmissions, pass 2xx retransmissions.
+            self.state = State.ACCEPTED
+            self.last_response = None
+            self.timers.set_deadline(64 * timers.t1, self.terminate)
             return
         self.state = State.COMPLETED
-        self.timers.set_deadline(0 if self.source.reliable else 64 * timers.t1, self.terminate)
+        self.last_response = data
+        if not self.is_invite:
+            self.timers.set_deadline(0 if self.source.reliable else 64 * timers.t1, self.terminate)
+            return
+        if not self.source.reliable:
+            self.timers.set_retransmit(timers.t1, self._timer_g)
+        self.timers.set_deadline(64 * timers.t1, self.terminate)  # Timer H
+
+    def _send(self, data: bytes, status: int) -> None:
+        self.layer.responses_sent[status] += 1
+        self.layer.send(data, self.peer, self.local)
 
     def _transmit(self) -> None:
         assert self.last_response is not None
-        self.layer.send(self.last_response, self.response_peer(), self.local)
-
-    def response_peer(self) -> Peer:
-        """Where responses go: the connection for streams, the Via for datagrams (§18.2.2)."""
-        if self.source.reliable:
-            return self.source
-        host, port = self.request.top_via.response_target("udp")
-        return Peer("udp", host, port)
+        self.layer.send(self.last_response, self.peer, self.local)
 
     def _timer_g(self) -> None:
         self._transmit()
@@ -266,6 +279,7 @@ class ClientTransaction:
         "layer",
         "key",
         "request",
+        "is_invite",
         "data",
         "peer",
         "local",
@@ -291,13 +305,16 @@ class ClientTransaction:
     ):
         self.layer = layer
         self.timeout = timeout if timeout is not None else layer.timers.fr_timer
-        self.request = request
+        #: Until a final reply; then only what retransmissions need is kept.
+        self.request: Request | None = request
+        self.is_invite = request.method == "INVITE"
         self.key = (request.top_via.branch, request.method)
+        #: What this transaction (re)transmits: the request, after a non-2xx final its ACK.
         self.data = request.serialize()
         self.peer = peer
         self.local = local
         self.user = user
-        self.state = State.CALLING if request.method == "INVITE" else State.TRYING
+        self.state = State.CALLING if self.is_invite else State.TRYING
         self.timers = _Timers(layer.clock)
         self.started = layer.clock.seconds()
         self.provisional = False
@@ -305,19 +322,15 @@ class ClientTransaction:
         self.cancel_sent = False
         self._interval = layer.timers.t1
 
-    @property
-    def is_invite(self) -> bool:
-        return self.request.method == "INVITE"
-
     def start(self) -> None:
         self.layer.clients[self.key] = self
-        self.layer.send(self.data, self.peer, self.local)
+        self._transmit()
         if not self.peer.reliable:
             self.timers.set_retransmit(self._interval, self._retransmit)
         self.timers.set_deadline(self.timeout, self._timeout)
 
     def _retransmit(self) -> None:
-        self.layer.send(self.data, self.peer, self.local)
+        self._transmit()
         self._interval = min(2 * self._interval, self.layer.timers.t2)
         self.timers.set_retransmit(self._interval, self._retransmit)
 
@@ -361,6 +374,7 @@ class ClientTransaction:
             return  # retransmitted final
         self.state = State.COMPLETED
         self.final = status
+        self._let_go(b"")
         self.timers.stop_retransmit()
         self.timers.set_deadline(0 if self.peer.reliable else timers.t4, self.terminate)  # K
         self.user.on_response(self, response)
@@ -375,6 +389,7 @@ class ClientTransaction:
             self.state = State.ACCEPTED
             self.final = self.final or status
             if first:
+                self._let_go(b"")
                 self.timers.stop_retransmit()
                 self.timers.set_deadline(64 * timers.t1, self.terminate)  # Timer M
             # Every 2xx, retransmissions included, goes up to the user (RFC 6026).
@@ -382,20 +397,27 @@ class ClientTransaction:
             return
         if self.state in (State.COMPLETED, State.ACCEPTED):
             if self.state is State.COMPLETED:
-                self._send_ack(response)  # retransmitted final: ACK it again
+                self._transmit()  # retransmitted final: ACK it again
             return
         if self.state is State.TERMINATED:
             return
         self.state = State.COMPLETED
         self.final = status
         self.timers.stop_retransmit()
-        self._send_ack(response)
+        assert self.request is not None
+        # The hop-by-hop ACK for a non-2xx final reply (§17.1.1.3), kept for its retransmissions.
+        self._let_go(build_ack(self.request, response).serialize())
+        self._transmit()
         self.timers.set_deadline(0 if self.peer.reliable else 32.0, self.terminate)  # D
         self.user.on_response(self, response)
 
-    def _send_ack(self, response: Response) -> None:
-        """The hop-by-hop ACK for a non-2xx final reply (§17.1.1.3)."""
-        self.layer.send(build_ack(self.request, response).serialize(), self.peer, self.local)
+    def _let_go(self, data: bytes) -> None:
+        """A final reply came: keep only ``data`` to send again, not the request."""
+        self.request = None
+        self.data = data
+
+    def _transmit(self) -> None:
+        self.layer.send(self.data, self.peer, self.local)
 
     def terminate(self) -> None:
         """Leave the table; dropping the user breaks the transaction-context cycle."""

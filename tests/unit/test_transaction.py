@@ -122,14 +122,16 @@ def test_no_retransmissions_over_tcp():
 
 def test_non_2xx_final_is_acked_and_retransmissions_reacked_not_reported():
     transaction, clock, sent, user = client()
+    invite = transaction.request
     final = response_to(transaction, 486)
     transaction.receive_response(final)
     transaction.receive_response(final)
     acks = [parse_message(data) for _, data, _ in sent[1:]]
     assert [a.method for a in acks] == ["ACK", "ACK"]
-    assert acks[0].top_via.branch == transaction.request.top_via.branch
+    assert acks[0].top_via.branch == invite.top_via.branch
     assert acks[0].to_tag == "uas-1"
-    assert acks[0].uri == transaction.request.uri
+    assert acks[0].uri == invite.uri
+    assert transaction.request is None  # the ACK is all it keeps
     assert user.responses == [486]
     clock.advance(32)  # Timer D
     assert transaction.state is State.TERMINATED
@@ -157,9 +159,11 @@ def test_non_invite_client_retransmits_at_t2_after_provisional_and_uses_timer_k(
     transaction.receive_response(response_to(transaction, 100))
     clock.pump([0.5] * 18)
     assert [t for t, _, _ in sent] == [0, 0.5, 1.5, 5.5, 9.5]
-    transaction.receive_response(response_to(transaction, 200))
+    ok = response_to(transaction, 200)
+    transaction.receive_response(ok)
     assert user.responses == [100, 200]
-    transaction.receive_response(response_to(transaction, 200))
+    assert transaction.request is None  # nothing but the state is kept for Timer K
+    transaction.receive_response(ok)
     assert user.responses == [100, 200]  # a retransmitted final is absorbed
     clock.advance(5)  # Timer K = T4
     assert transaction.state is State.TERMINATED
@@ -193,14 +197,17 @@ def test_invite_server_without_ack_gives_up_after_timer_h():
 
 def test_invite_server_accepted_absorbs_retransmissions_and_passes_further_2xx():
     transactions, _, sent = layer()
-    server = transactions.new_server(request(), UDP, None)
-    ok = make_response(server.request, 200, to_tag="x")
+    invite = request()
+    server = transactions.new_server(invite, UDP, None)
+    ok = make_response(invite, 200, to_tag="x")
     server.send_response(ok)
     server.receive_retransmission()
     assert len(sent) == 1
     assert server.state is State.ACCEPTED
+    assert server.request is None
+    assert server.last_response is None  # nothing is kept to resend in Accepted
     server.send_response(ok)
-    server.send_response(make_response(server.request, 486, to_tag="x"))
+    server.send_response(make_response(invite, 486, to_tag="x"))
     assert len(sent) == 2
 
 
