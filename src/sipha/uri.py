@@ -44,6 +44,19 @@ def format_params(params: dict[str, str | None]) -> str:
 
 _BAD_HOST = re.compile(r"[ \t<>\"@\[\]]")
 
+#: ``host[:port]`` as nearly every message writes it, for the fast paths of
+#: parse_uri and parse_via: a name or an IPv4 address and a port of 1-65535
+#: without leading zeros. Other text takes :func:`split_host_port`.
+_HOST_PORT = (
+    r"([A-Za-z0-9.\-]+)"
+    r"(?::([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+)
+
+
+def _plain_host_port(host: str, port: str | None) -> tuple[str, int | None]:
+    """What :func:`split_host_port` returns for the two groups of ``_HOST_PORT``."""
+    return host.lower(), int(port) if port else None
+
 
 def split_host_port(hostport: str) -> tuple[str, int | None]:
     """Split ``host[:port]``, ``[v6][:port]``; the host is returned without brackets."""
@@ -126,8 +139,16 @@ class URI:
         )
 
 
+#: ``sip:[user@]host[:port][;params]`` as nearly every message writes it: no
+#: space around it, no '@', ':' or ';' in the user, no '@' or ``?headers`` after.
+_PLAIN_URI = re.compile(r"(sips?):(?:([^?@:;]*+)@)?" + _HOST_PORT + r"(?:;([^?@]*))?")
+
+
 def parse_uri(text: str) -> URI:
     """Parse a SIP or SIPS URI; raise :class:`URIError` naming what is wrong."""
+    if plain := _PLAIN_URI.fullmatch(text):
+        scheme, user, host, port, params = plain.groups()
+        return URI(scheme, user, *_plain_host_port(host, port), _split_params(params or ""))
     scheme, colon, rest = text.strip().partition(":")
     scheme = scheme.lower()
     if not colon:
@@ -166,17 +187,20 @@ class NameAddr:
         return f"{display}<{self.uri}>{format_params(self.params)}"
 
 
+#: A quoted string (§25.1): a backslash escapes any character, a quote included.
+_QUOTED_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+
+
 def _split_name_addr(text: str) -> tuple[str, str, str, bool]:
     """``(display, uri, header params text, bracketed)`` of a name-addr or addr-spec."""
     text = text.strip()
     # A quoted display name may hold '<' and '>' (§25.1 quoted-string): skip it.
     start = 0
     if text.startswith('"'):
-        start = 1
-        while start < len(text) and text[start] != '"':
-            start += 2 if text[start] == "\\" else 1
-        if start >= len(text):
+        quoted = _QUOTED_STRING.match(text)
+        if quoted is None:
             raise URIError(f"unterminated quoted display name in {_excerpt(text)}")
+        start = quoted.end()
     lt = text.find("<", start)
     if lt >= 0:
         gt = text.find(">", lt)
@@ -201,11 +225,19 @@ def parse_name_addr(text: str) -> NameAddr:
     return NameAddr(display, uri, _split_params(params), bracketed)
 
 
+#: A From/To as nearly every UA writes it: ``["Display"] <uri>[;tag=x]``, a
+#: display name with no backslash and a URI with its ':'. Group 1 is the tag.
+_PLAIN_TAGGED = re.compile(r'(?:"[^"\\]*"[^<]*|[^"<\s][^<]*)?<[^>]*:[^>]*>(?:;tag=([^;\s]+))?')
+
+
 def name_addr_tag(text: str) -> str | None:
     """The ``tag`` of a From/To value, with the checks of :func:`parse_name_addr`.
 
-    Every message needs its two tags, so this skips building the NameAddr.
+    Every message needs its two tags, so this skips building the NameAddr, and
+    the usual shape takes one regex match.
     """
+    if plain := _PLAIN_TAGGED.fullmatch(text):
+        return plain[1]
     params = _split_name_addr(text)[2]
     if "tag" not in params.lower():
         return None

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+import re
+from collections.abc import Callable
+from typing import Any
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sipha import uri
 from sipha.uri import (
     URI,
     NameAddr,
     URIError,
     format_host_port,
+    name_addr_tag,
     parse_name_addr,
     parse_uri,
     split_comma_list,
@@ -301,3 +309,109 @@ def test_name_addr_parsed_uri() -> None:
 )
 def test_split_comma_list(value: str, expected: list[str]) -> None:
     assert split_comma_list(value) == expected
+
+
+# -- fast paths -----------------------------------------------------------------------
+# The usual shapes take one regex match; everything else takes the general code.
+# Both must give the same result, or the same error, for every input.
+
+_NEVER = re.compile(r"(?!)")
+_FAST_PATHS = ("_PLAIN_URI", "_PLAIN_TAGGED")
+
+
+def outcome(parse: Callable[[str], Any], text: str) -> object:
+    try:
+        return parse(text)
+    except URIError as exc:
+        return f"URIError: {exc}"
+
+
+def general_outcome(parse: Callable[[str], Any], text: str) -> object:
+    """What ``parse`` gives with every fast path of sipha.uri turned off."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in _FAST_PATHS:
+            patch.setattr(uri, name, _NEVER)
+        return outcome(parse, text)
+
+
+def assert_same_as_general(
+    parse: Callable[[str], Any], fast_path: re.Pattern[str], text: str, plain: bool
+) -> None:
+    assert (fast_path.fullmatch(text) is not None) == plain
+    assert outcome(parse, text) == general_outcome(parse, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "plain"),
+    [
+        ("sip:fs@127.0.0.1:5071", True),
+        ("sip:127.0.0.1:5060;lr;ftag=from-1;did=abc.1", True),
+        ("sips:Bob@Biloxi.COM;Transport=TCP", True),
+        ("sip:@h", True),
+        ("sip:h;lr ", True),
+        ("sip:h; LR ;x = 1", True),
+        ("SIP:h", False),
+        (" sip:h", False),
+        ("sip:h ", False),
+        ("sip:h:65536", False),
+        ("sip:h:0;lr", False),
+        ("sip:h:", False),
+        ("sip:u@[2001:db8::1]:5060;lr", False),
+        ("sip:alice:secret@h", False),
+        ("sip:u;x=1@h", False),
+        ("sip:a@b@c", False),
+        ("sip:h;x=a@b", False),
+        ("sip:u@h;x=a@[::1]", False),
+        ("sip:h?subject=x", False),
+        ("sip:h;lr?subject=x@y", False),
+        ("tel:+1555", False),
+    ],
+)
+def test_parse_uri_fast_path(text: str, plain: bool) -> None:
+    assert_same_as_general(parse_uri, uri._PLAIN_URI, text, plain)
+
+
+@pytest.mark.parametrize(
+    ("text", "plain"),
+    [
+        ('"caller" <sip:alice@192.0.2.10:5062>;tag=from-1', True),
+        ("<sip:service@127.0.0.1:5060>", True),
+        ("Bob <sip:bob@h>;tag=1", True),
+        ('"a<b;tag=2>" <sip:x@y>;tag=3', True),
+        ('"tag=no" <sip:bob@biloxi.com>', True),
+        ("<sip:bob@h;tag=inside-uri>", True),
+        ("<sip:x>;tag=a=b", True),
+        ("< sip:x >;tag=1", True),
+        ('"a\\"<b" <sip:x>;tag=1', False),
+        (' "a<b:" <sip>;tag=1', False),
+        ('"unterminated <sip:x>;tag=1', False),
+        ("<sip:x>;TAG=1", False),
+        ("<sip:x> ; tag = 1", False),
+        ("<sip:x>;tag=1;tag=2", False),
+        ("<sip:x>;tag=1;x", False),
+        ("<sip:x>;tag=", False),
+        ("<sip:x>;tag", False),
+        ("<sip:x>;tag=1 ", False),
+        ("<sip:x", False),
+        ("<x>;tag=1", False),
+        ("sip:bob@h;tag=1", False),
+        ("<sip:a>;tag=1, <sip:b>;tag=2", False),
+    ],
+)
+def test_name_addr_tag_fast_path(text: str, plain: bool) -> None:
+    assert_same_as_general(name_addr_tag, uri._PLAIN_TAGGED, text, plain)
+    assert outcome(name_addr_tag, text) == outcome(lambda t: parse_name_addr(t).tag, text)
+
+
+_TRICKY = st.lists(
+    st.sampled_from([*'"<>;=:@?[] \t\\,.aZ09', "sip:", "tag", "TAG", "lr", "::1", "5060", "65536"]),
+    max_size=20,
+).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.one_of(_TRICKY, _TRICKY.map("sip:".__add__), _TRICKY.map("<sip:".__add__)))
+def test_fast_paths_agree_with_general_code(text: str) -> None:
+    for parse in (parse_uri, name_addr_tag):
+        assert outcome(parse, text) == general_outcome(parse, text)
+    assert outcome(name_addr_tag, text) == outcome(lambda t: parse_name_addr(t).tag, text)
