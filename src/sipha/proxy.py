@@ -111,6 +111,9 @@ class ProxyCore:
         self._own_uri_prefixes = tuple(
             f"sip:{format_host_port(lst.host, lst.port)};" for lst in self.listeners
         )
+        # URIs already looked at (contacts, destinations recur from call to call).
+        self._local_uris: dict[str, bool] = {}
+        self._hops: dict[str, tuple[Peer, Any] | None] = {}
         # Branches of sipha's own requests: unique per process and start time.
         self.instance_id = _digest(id(self), clock.seconds())[:8]
         self._branches = 0
@@ -123,10 +126,14 @@ class ProxyCore:
         """The same for a URI as text; sipha's own Record-Route URIs need no parsing."""
         if uri.startswith(self._own_uri_prefixes):
             return True
-        try:
-            return self.is_local(parse_uri(uri))
-        except URIError:
-            return False
+        local = self._local_uris.get(uri)
+        if local is None:
+            try:
+                local = self.is_local(parse_uri(uri))
+            except URIError:
+                local = False
+            _remember(self._local_uris, uri, local)
+        return local
 
     def has_invite_transaction(self, cancel: Request) -> bool:
         return self.layer.find_server(cancel, "INVITE") is not None
@@ -292,17 +299,31 @@ class ProxyCore:
     # -- forwarding ----------------------------------------------------------------
     def next_hop(self, target: str | None, request: Request) -> tuple[Peer, Any] | None:
         """Peer and local listener for a target URI, or the request's own next hop."""
+        if target is not None:
+            if target in self._hops:
+                return self._hops[target]
+            hop = self._hop_for(target)
+            _remember(self._hops, target, hop)
+            return hop
+        # §16.6 step 7: a loose router in the top Route is the next hop;
+        # otherwise the Request-URI is (a strict router sits there).
+        routes = request.get_all("route")
+        if routes:
+            try:
+                top = parse_uri(parse_name_addr(routes[0]).uri)
+            except URIError:
+                return None
+            if top.loose_router:
+                return self._hop_to(top)
+        return self._hop_for(request.uri)
+
+    def _hop_for(self, target: str) -> tuple[Peer, Any] | None:
         try:
-            if target is None:
-                # §16.6 step 7: a loose router in the top Route is the next hop;
-                # otherwise the Request-URI is (a strict router sits there).
-                routes = request.get_all("route")
-                top = parse_uri(parse_name_addr(routes[0]).uri) if routes else None
-                uri = top if top is not None and top.loose_router else parse_uri(request.uri)
-            else:
-                uri = parse_uri(target)
+            return self._hop_to(parse_uri(target))
         except URIError:
             return None
+
+    def _hop_to(self, uri: URI) -> tuple[Peer, Any] | None:
         host = uri.params.get("maddr") or uri.host
         local = self.listener_for(uri.transport, host)
         if local is None:
@@ -544,6 +565,16 @@ class ProxyContext:
             self.server.reply(500, "Service Unavailable Downstream")
         else:
             self.server.send_response(best)
+
+
+#: Entries a lookup memo holds before it starts afresh: bounded under made-up URIs.
+MEMO_LIMIT = 4096
+
+
+def _remember(memo: dict[str, Any], key: str, value: Any) -> None:
+    if len(memo) >= MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
 
 
 def _route_did(request: Request) -> str | None:
