@@ -17,7 +17,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from sipha.uri import (
+    _HOST_PORT,
     URIError,
+    _plain_host_port,
     _split_params,
     format_host_port,
     format_params,
@@ -168,22 +170,33 @@ class Via:
         return host, port
 
 
+#: A Via as nearly every hop writes it: one space, a plain sent-by (see
+#: ``_HOST_PORT``) and no space before the parameters.
+_PLAIN_VIA = re.compile(r"SIP/2\.0/([^/\s]+) " + _HOST_PORT + r"(?:;(.*))?")
+
+
 def parse_via(text: str) -> Via:
     """Parse one Via value; raise :class:`ParseError` naming the defect."""
-    protocol, _, rest = text.strip().partition(" ")
-    parts = protocol.split("/")
-    if len(parts) != 3 or parts[0].upper() != "SIP" or parts[1] != "2.0":
-        raise ParseError(f"Bad Via protocol {protocol[:32]!r}")
-    sent_by, _, params = rest.strip().partition(";")
-    try:
-        host, port = split_host_port(sent_by.strip())
-    except URIError as exc:
-        raise ParseError(f"Bad Via sent-by: {exc}") from None
+    if plain := _PLAIN_VIA.fullmatch(text):
+        transport, host_text, port_text, params = plain.groups()
+        host, port = _plain_host_port(host_text, port_text)
+        params = params or ""
+    else:
+        protocol, _, rest = text.strip().partition(" ")
+        parts = protocol.split("/")
+        if len(parts) != 3 or parts[0].upper() != "SIP" or parts[1] != "2.0":
+            raise ParseError(f"Bad Via protocol {protocol[:32]!r}")
+        transport = parts[2]
+        sent_by, _, params = rest.strip().partition(";")
+        try:
+            host, port = split_host_port(sent_by.strip())
+        except URIError as exc:
+            raise ParseError(f"Bad Via sent-by: {exc}") from None
     values = _split_params(params)
     rport = values.get("rport")
     if rport is not None and not (_is_number(rport) and 0 < int(rport) < 65536):
         raise ParseError("Bad Via rport")
-    return Via(parts[2].upper(), host, port, values)
+    return Via(transport.upper(), host, port, values)
 
 
 _LIST_HEADERS = frozenset(
@@ -380,6 +393,10 @@ def _is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+#: The end of a line and an empty line after it, either ending in CRLF or bare LF.
+_EMPTY_LINE = re.compile(rb"\n\r?\n")
+
+
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
     """Split at the empty line; bare LF line ends are tolerated (§7.5 robustness).
 
@@ -387,14 +404,10 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
     the lines around it, so a CRLFCRLF inside the body of a bare-LF message is
     not mistaken for it.
     """
-    crlf = data.find(b"\n\r\n")
-    lf = data.find(b"\n\n")
-    if crlf < 0 and lf < 0:
+    empty = _EMPTY_LINE.search(data)
+    if empty is None:
         return data.rstrip(b"\r\n"), b""
-    if lf < 0 or 0 <= crlf < lf:
-        end, start = crlf, crlf + 3
-    else:
-        end, start = lf, lf + 2
+    end, start = empty.span()
     if end > 0 and data[end - 1 : end] == b"\r":
         end -= 1
     return data[:end], data[start:]

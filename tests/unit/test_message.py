@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sipha import message as message_module
 from sipha.message import (
     COMPACT_FORMS,
     ParseError,
@@ -586,6 +587,48 @@ def test_parse_via_errors(text: str, reason: str) -> None:
         parse_via(text)
     assert info.value.reason.startswith(reason)
     assert_reason_phrase(info.value.reason)
+
+
+def via_outcome(text: str) -> object:
+    try:
+        return parse_via(text)
+    except ParseError as exc:
+        return f"ParseError: {exc.reason}"
+
+
+@pytest.mark.parametrize(
+    ("text", "plain"),
+    [
+        ("SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK-caller-1", True),
+        ("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK.0;rport", True),
+        ("SIP/2.0/udp Host.Example.COM;BRANCH=z9hG4bKAbC;Received=192.0.2.4", True),
+        ("SIP/2.0/UDP h:5060;branch = x ; rport", True),
+        ("SIP/2.0/UDP h:65535;rport=0", True),
+        ("SIP/2.0/UDP h;", True),
+        ("SIP/2.0/UDP h:5060 ;branch=x", False),
+        ("SIP/2.0/UDP  h:5060;branch=x", False),
+        (" SIP/2.0/UDP h", False),
+        ("SIP/2.0/UDP h ", False),
+        ("sip/2.0/udp h", False),
+        ("SIP/2.0/U/DP h", False),
+        ("SIP/3.0/UDP h", False),
+        ("SIP/2.0/UDP h:0", False),
+        ("SIP/2.0/UDP h:65536;branch=x", False),
+        ("SIP/2.0/UDP h:05060", False),
+        ("SIP/2.0/UDP h:", False),
+        ("SIP/2.0/UDP [2001:db8::1]:5060;branch=x", False),
+        ("SIP/2.0/UDP 2001:db8::1;branch=x", False),
+        ("SIP/2.0/UDP h_1:5060", False),
+        ("SIP/2.0/UDP h:5060;branch=x\nVia: SIP/2.0/UDP g", False),
+    ],
+)
+def test_parse_via_fast_path(text: str, plain: bool) -> None:
+    """The usual shape takes one regex match, with the general code's result."""
+    assert (message_module._PLAIN_VIA.fullmatch(text) is not None) == plain
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(message_module, "_PLAIN_VIA", re.compile(r"(?!)"))
+        general = via_outcome(text)
+    assert via_outcome(text) == general
 
 
 @pytest.mark.parametrize(
