@@ -392,6 +392,19 @@ class ProxyCore:
 class ProxyContext:
     """One request being proxied: its server transaction and its branches (§16.7)."""
 
+    __slots__ = (
+        "core",
+        "server",
+        "record_route",
+        "targets",
+        "branch_prefix",
+        "branches",
+        "best",
+        "finished",
+        "cancelled",
+        "dialog",
+    )
+
     def __init__(self, core: ProxyCore, server: ServerTransaction, decision: Relay, loop_key: str):
         self.core = core
         self.server = server

@@ -160,7 +160,7 @@ def test_the_check_sees_a_cycle(saved_garbage):
     core, clock, wire = make_proxy()
     cancelled_while_ringing(core, wire.take, clock.advance)
     server = next(iter(core.layer.servers.values()))
-    server.user.cycle = server.user  # type: ignore[attr-defined]
+    server.user.targets = iter([server.user])  # type: ignore[list-item]
     del server
     clock.pump([1.0] * 100)
     gc.collect()
