@@ -83,7 +83,7 @@ def tune_garbage_collector() -> None:
 
 
 #: A young collection runs once this many more container objects are alive.
-GC_YOUNG_THRESHOLD = 5000
+GC_YOUNG_THRESHOLD = 2500
 #: A threshold no count reaches: the oldest generation is never collected automatically.
 GC_NEVER = 2**31 - 1
 #: Seconds between full collections.
