@@ -468,7 +468,7 @@ class ProxyContext:
                 out.insert("Record-Route", entry, index)
         branch = f"{self.branch_prefix}{len(self.branches)}"
         out.insert("Via", self.core.via_for(local, branch))
-        transaction = ClientTransaction(self.core.layer, out, peer, local, self)
+        transaction = ClientTransaction(self.core.layer, out, peer, local, self, branch=branch)
         self.branches.append(transaction)
         if log.debugging:
             log.debug("{method} to {peer}", method=out.method, peer=peer, call_id=out.call_id)

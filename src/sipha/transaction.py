@@ -302,13 +302,15 @@ class ClientTransaction:
         local: Any,
         user: ClientUser,
         timeout: float | None = None,
+        branch: str | None = None,
     ):
+        """``branch`` is the top Via's, when the caller has it at hand (no parsing then)."""
         self.layer = layer
         self.timeout = timeout if timeout is not None else layer.timers.fr_timer
         #: Until a final reply; then only what retransmissions need is kept.
         self.request: Request | None = request
         self.is_invite = request.method == "INVITE"
-        self.key = (request.top_via.branch, request.method)
+        self.key = (branch or request.top_via.branch, request.method)
         #: What this transaction (re)transmits: the request, after a non-2xx final its ACK.
         self.data = request.serialize()
         self.peer = peer
