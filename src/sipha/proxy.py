@@ -197,6 +197,7 @@ class ProxyCore:
             reason=error.reason,
             call_id=request.call_id,
         )
+        self.layer.responses_sent[error.status] += 1
         self.send(response.serialize(), peer, local)
 
     def _on_response(self, response: Response) -> None:

@@ -351,6 +351,7 @@ def test_broken_via_gets_400_at_the_source_address():
     assert sent.peer == source
     assert sent.data.startswith(b"SIP/2.0 400 Bad Via protocol 'garbage'\r\n")
     assert core.stats["parse_errors"] == 1
+    assert core.layer.responses_sent == {400: 1}
 
 
 def test_garbage_and_broken_responses_are_dropped_and_counted():
