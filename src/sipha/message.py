@@ -421,9 +421,6 @@ def _header_lines(text: str) -> Iterator[str]:
     from the next hop.
     """
     lines = text.replace("\r\n", "\n").split("\n")
-    if "\n " not in text and "\n\t" not in text:
-        yield from lines[1:]  # nothing folded: the common case, kept cheap
-        return
     current: str | None = None
     for line in lines[1:]:
         if line[:1] in (" ", "\t"):
@@ -438,6 +435,26 @@ def _header_lines(text: str) -> Iterator[str]:
         yield current
 
 
+def _read_headers(text: str) -> tuple[list[tuple[str, str, str]], str | None]:
+    """The headers of a message head, as :func:`_parse_headers` reads them.
+
+    Nearly every line is ``Name: value`` with a name seen before: these take one
+    split and one look-up each. Anything else (a new name, a line without a
+    colon, a continuation line: no cached name starts with SP/HT) sends the
+    whole head through the general code.
+    """
+    names = _NAMES
+    headers = []
+    # A CR left before the LF is stripped with the value's white space.
+    for line in text.split("\n")[1:]:
+        name, colon, value = line.partition(":")
+        known = names.get(name)
+        if known is None or not colon:
+            return _parse_headers(_header_lines(text))
+        headers.append((known[0], known[1], value.strip()))
+    return headers, None
+
+
 def _parse_headers(lines: Iterable[str]) -> tuple[list[tuple[str, str, str]], str | None]:
     """Parse every well-formed line; report the first bad one instead of stopping.
 
@@ -449,13 +466,14 @@ def _parse_headers(lines: Iterable[str]) -> tuple[list[tuple[str, str, str]], st
     names = _NAMES
     for line in lines:
         name, colon, value = line.partition(":")
-        known = names.get(name)
+        known = names.get(name) if colon else None
         if known is None:
             known = _header_name(name.strip()) if colon else None
             if known is None:
                 problem = problem or f"Malformed header line {line[:32]!r}"
                 continue
-            if len(names) < _NAMES_LIMIT:
+            # _read_headers relies on no cached name starting like a continuation line.
+            if len(names) < _NAMES_LIMIT and name[:1] not in (" ", "\t"):
                 names[name] = known
         headers.append((known[0], known[1], value.strip()))
     return headers, problem
@@ -506,7 +524,7 @@ def parse_message(
         message = Request(parts[0], parts[1], [])
     request = message if isinstance(message, Request) else None
     try:
-        message.headers, problem = _parse_headers(_header_lines(text))
+        message.headers, problem = _read_headers(text)
         if len(data) > max_size:
             raise ParseError("Message Too Large", status=513)
         if problem:

@@ -438,6 +438,67 @@ def test_folding_in_core_headers() -> None:
     assert request.body == b"v=0\r\n"
 
 
+def test_line_without_colon_is_malformed_even_after_its_name_was_seen() -> None:
+    headers = OPTIONS[1:-1]
+    parse_request(sip(OPTIONS[0], *headers, "Subject: first", ""))
+    with pytest.raises(ParseError, match="Malformed header line 'Subject'"):
+        parse_message(sip(OPTIONS[0], *headers, "Subject", ""))
+
+
+_HEAD_LINES = [
+    "Via: SIP/2.0/UDP h;branch=z9hG4bK1",
+    " Via: SIP/2.0/UDP continued",
+    "\tTo: <sip:continued@h>",
+    "To : <sip:a@h>",
+    "v:SIP/2.0/UDP g",
+    "CSeq: 1 OPTIONS \r",
+    "Subject:\r\r",
+    "Subject",
+    "\rSubject: lone CR",
+    "X-New-Name: x",
+    "Bad Name: x",
+    ": no name",
+    "",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.sampled_from(_HEAD_LINES), max_size=6),
+    ends=st.lists(st.sampled_from(["\r\n", "\n"]), min_size=6, max_size=6),
+)
+def test_header_fast_path_agrees_with_general_code(lines: list[str], ends: list[str]) -> None:
+    """Cached names take a fast path; its result and errors must be the general code's."""
+    text = "OPTIONS sip:a@h SIP/2.0" + "".join(
+        e + line for e, line in zip(ends, lines, strict=False)
+    )
+
+    def general() -> object:
+        try:
+            return message_module._parse_headers(message_module._header_lines(text))
+        except ParseError as exc:
+            return exc.reason
+
+    def fast() -> object:
+        try:
+            return message_module._read_headers(text)
+        except ParseError as exc:
+            return exc.reason
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(message_module, "_NAMES", {})
+        cold = fast()  # no name cached: the general code
+        assert cold == general() == fast()
+
+
+def test_no_cached_name_looks_like_a_continuation_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(message_module, "_NAMES", {})
+    # An empty line and a continuation line make a name " Via" (not in a real head).
+    message_module._parse_headers(message_module._header_lines("X\nSubject: a\n\n Via: a"))
+    folded = message_module._read_headers("X\nSubject: a\n Via: b")
+    assert folded == ([("subject", "Subject", "a Via: b")], None)
+
+
 def test_bare_lf_line_ends() -> None:
     """§7.5 robustness: a message with LF line ends parses like its CRLF twin."""
     crlf, bare = parse_request(INVITE), parse_request(INVITE_LF)
