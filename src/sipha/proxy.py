@@ -15,6 +15,7 @@ about sockets or the reactor.
 from __future__ import annotations
 
 import hashlib
+import re
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -301,11 +302,7 @@ class ProxyCore:
     def next_hop(self, target: str | None, request: Request) -> tuple[Peer, Any] | None:
         """Peer and local listener for a target URI, or the request's own next hop."""
         if target is not None:
-            if target in self._hops:
-                return self._hops[target]
-            hop = self._hop_for(target)
-            _remember(self._hops, target, hop)
-            return hop
+            return self._hop_for(target)
         # §16.6 step 7: a loose router in the top Route is the next hop;
         # otherwise the Request-URI is (a strict router sits there).
         routes = request.get_all("route")
@@ -319,10 +316,15 @@ class ProxyCore:
         return self._hop_for(request.uri)
 
     def _hop_for(self, target: str) -> tuple[Peer, Any] | None:
+        """The hop for a URI as text: destinations and contacts recur from call to call."""
+        if target in self._hops:
+            return self._hops[target]
         try:
-            return self._hop_to(parse_uri(target))
+            hop = self._hop_to(parse_uri(target))
         except URIError:
-            return None
+            hop = None
+        _remember(self._hops, target, hop)
+        return hop
 
     def _hop_to(self, uri: URI) -> tuple[Peer, Any] | None:
         host = uri.params.get("maddr") or uri.host
@@ -596,11 +598,12 @@ def _route_did(request: Request) -> str | None:
     route = request.get("route")
     if route is None or "did=" not in route:
         return None
-    try:
-        did = parse_uri(parse_name_addr(split_comma_list(route)[0]).uri).params.get("did")
-    except URIError:
-        return None
-    return did
+    # Not parsed: a wrong guess only costs the look-up, which checks the Call-ID too.
+    found = _DID_PARAM.search(split_comma_list(route)[0])
+    return found[1] if found else None
+
+
+_DID_PARAM = re.compile(r";\s*did\s*=\s*([^;>?\s]+)", re.IGNORECASE)
 
 
 def dialog_byes(dialog: Dialog) -> list[Request]:
