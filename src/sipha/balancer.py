@@ -18,6 +18,7 @@ Sans-IO: probes are run by the caller, which asks
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -126,6 +127,17 @@ def _check_row(row: Any, position: int) -> _Destination:
 
 def _resource_names(resources: Sequence[str] | str) -> tuple[str, ...]:
     """``"pstn;transc"`` or ``["pstn", "transc"]`` as names without duplicates."""
+    if isinstance(resources, str):
+        return _resource_text(resources)  # every call of a route asks the same
+    return _checked_names(resources)
+
+
+@functools.lru_cache(maxsize=256)
+def _resource_text(resources: str) -> tuple[str, ...]:
+    return _checked_names(resources)
+
+
+def _checked_names(resources: Sequence[str] | str) -> tuple[str, ...]:
     items = resources.split(";") if isinstance(resources, str) else resources
     names = tuple(dict.fromkeys(item.strip() for item in items))
     for name in names:

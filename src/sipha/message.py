@@ -642,8 +642,10 @@ def make_response(
 
 
 def _existing_tag(value: str | None) -> str | None:
+    if value is None or "tag" not in value.lower():
+        return None  # the common case, an initial request, without parsing
     try:
-        return parse_name_addr(value).tag if value is not None else None
+        return parse_name_addr(value).tag
     except URIError:
         return None
 
