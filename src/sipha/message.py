@@ -529,16 +529,16 @@ def parse_message(
             raise ParseError("Message Too Large", status=513)
         if problem:
             raise ParseError(problem)
-        message.body = _body(message, body, stream)
-        _read_core_fields(message)
+        core, lengths = _core_values(message.headers)
+        message.body = _body(lengths, body, stream)
+        _read_core_fields(message, core)
     except ParseError as exc:
         exc.request = request
         raise
     return message
 
 
-def _body(message: Message, body: bytes, stream: bool) -> bytes:
-    lengths = message.get_all("content-length")
+def _body(lengths: list[str], body: bytes, stream: bool) -> bytes:
     if not lengths:
         if stream:
             raise ParseError("Missing Content-Length")
@@ -554,15 +554,24 @@ def _body(message: Message, body: bytes, stream: bool) -> bytes:
     return body[:size]
 
 
-_CORE_KEYS = frozenset(("call-id", "cseq", "from", "to"))
+_CORE_KEYS = frozenset(("call-id", "cseq", "from", "to", "content-length"))
 
 
-def _read_core_fields(message: Message) -> None:
-    """Read and check the fields every transaction and route decision uses (§8.1.1)."""
+def _core_values(headers: list[tuple[str, str, str]]) -> tuple[dict[str, str], list[str]]:
+    """The first Call-ID, CSeq, From and To, and every Content-Length, in one pass."""
     core: dict[str, str] = {}
-    for key, _, value in message.headers:
-        if key in _CORE_KEYS and key not in core:
-            core[key] = value
+    lengths: list[str] = []
+    for key, _, value in headers:
+        if key in _CORE_KEYS:
+            if key == "content-length":
+                lengths.append(value)
+            elif key not in core:
+                core[key] = value
+    return core, lengths
+
+
+def _read_core_fields(message: Message, core: dict[str, str]) -> None:
+    """Read and check the fields every transaction and route decision uses (§8.1.1)."""
     call_id = core.get("call-id")
     if not call_id:
         raise ParseError("Missing Call-ID")
