@@ -10,14 +10,17 @@ these flows prove it for every way a call can end.
 from __future__ import annotations
 
 import gc
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
 from proxykit import CALLER, UDP_IN, invite, make_proxy, reply
+from twisted.logger import formatEvent, globalLogPublisher
 
 from sipha.message import Request
 from sipha.proxy import ProxyCore
+from sipha.service import GC_YOUNG_THRESHOLD, collect_old_garbage, tune_garbage_collector
 from sipha.transaction import Peer
 
 FS1 = Peer("udp", "127.0.0.1", 5071)
@@ -165,3 +168,40 @@ def test_the_check_sees_a_cycle(saved_garbage):
     clock.pump([1.0] * 100)
     gc.collect()
     assert Counter(type(o).__name__ for o in saved_garbage)["ProxyContext"] == 1
+
+
+class _Cycle:
+    """An object that refers to itself: only the cyclic collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.fixture
+def tuned_collector() -> Iterator[list[dict]]:
+    """The service's collector settings, undone afterwards; yields the log events."""
+    threshold = gc.get_threshold()
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    tune_garbage_collector()
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
+def test_old_objects_wait_for_the_hourly_full_collection(tuned_collector):
+    holder = [_Cycle()]
+    gc.collect(1)  # the cycle survives a young collection: it is old now
+    alive = weakref.ref(holder[0])
+    holder.clear()  # garbage, but only a full collection can tell
+    young = [[] for _ in range(20 * GC_YOUNG_THRESHOLD)]  # many young collections
+    del young
+    assert alive() is not None
+    collect_old_garbage()
+    assert alive() is None
+    (event,) = [e for e in tuned_collector if e.get("log_namespace") == "sipha.service"]
+    assert event["found"] >= 1
+    assert "full collection" in formatEvent(event)
