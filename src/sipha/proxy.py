@@ -18,8 +18,8 @@ import hashlib
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from sipha.dialog import Dialog, Dialogs
 from sipha.logs import Log
@@ -127,14 +127,13 @@ class ProxyCore:
         """The same for a URI as text; sipha's own Record-Route URIs need no parsing."""
         if uri.startswith(self._own_uri_prefixes):
             return True
-        local = self._local_uris.get(uri)
-        if local is None:
-            try:
-                local = self.is_local(parse_uri(uri))
-            except URIError:
-                local = False
-            _remember(self._local_uris, uri, local)
-        return local
+        return _memoized(self._local_uris, uri, self._parse_is_local)
+
+    def _parse_is_local(self, uri: str) -> bool:
+        try:
+            return self.is_local(parse_uri(uri))
+        except URIError:
+            return False
 
     def has_invite_transaction(self, cancel: Request) -> bool:
         return self.layer.find_server(cancel, "INVITE") is not None
@@ -317,14 +316,13 @@ class ProxyCore:
 
     def _hop_for(self, target: str) -> tuple[Peer, Any] | None:
         """The hop for a URI as text: destinations and contacts recur from call to call."""
-        if target in self._hops:
-            return self._hops[target]
+        return _memoized(self._hops, target, self._parse_hop)
+
+    def _parse_hop(self, target: str) -> tuple[Peer, Any] | None:
         try:
-            hop = self._hop_to(parse_uri(target))
+            return self._hop_to(parse_uri(target))
         except URIError:
-            hop = None
-        _remember(self._hops, target, hop)
-        return hop
+            return None
 
     def _hop_to(self, uri: URI) -> tuple[Peer, Any] | None:
         host = uri.params.get("maddr") or uri.host
@@ -587,10 +585,18 @@ class ProxyContext:
 MEMO_LIMIT = 4096
 
 
-def _remember(memo: dict[str, Any], key: str, value: Any) -> None:
+_T = TypeVar("_T")
+
+
+def _memoized(memo: dict[str, _T], key: str, compute: Callable[[str], _T]) -> _T:
+    """``compute(key)``, remembered in ``memo`` until it holds MEMO_LIMIT entries."""
+    if key in memo:
+        return memo[key]
+    value = compute(key)
     if len(memo) >= MEMO_LIMIT:
         memo.clear()
     memo[key] = value
+    return value
 
 
 def _route_did(request: Request) -> str | None:
