@@ -193,8 +193,8 @@ class ServerTransaction:
             if state is State.TRYING:
                 self.state = State.PROCEEDING
             return
-        # A final reply: the request is no longer needed (calls in progress
-        # outlive their transactions' 32 s linger by far, but thousands linger).
+        # A final reply: the request is not needed any more, and thousands of
+        # transactions linger for 32 s after theirs.
         self.request = None
         timers = self.layer.timers
         if self.is_invite and status < 300:
