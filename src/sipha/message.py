@@ -175,6 +175,11 @@ class Via:
 _PLAIN_VIA = re.compile(r"SIP/2\.0/([^/\s]+) " + _HOST_PORT + r"(?:;(.*))?")
 
 
+#: Any Via: ``name/version/transport`` with the white space §25.1 allows around
+#: each "/" (SLASH is SWS "/" SWS), then the sent-by and parameters.
+_VIA_PROTOCOL = re.compile(r"\s*([^/\s]+)\s*/\s*([^/\s]+)\s*/\s*([^/\s;]+)(?:\s+(.*))?", re.S)
+
+
 def parse_via(text: str) -> Via:
     """Parse one Via value; raise :class:`ParseError` naming the defect."""
     if plain := _PLAIN_VIA.fullmatch(text):
@@ -182,12 +187,13 @@ def parse_via(text: str) -> Via:
         host, port = _plain_host_port(host_text, port_text)
         params = params or ""
     else:
-        protocol, _, rest = text.strip().partition(" ")
-        parts = protocol.split("/")
-        if len(parts) != 3 or parts[0].upper() != "SIP" or parts[1] != "2.0":
-            raise ParseError(f"Bad Via protocol {protocol[:32]!r}")
-        transport = parts[2]
-        sent_by, _, params = rest.strip().partition(";")
+        sent = _VIA_PROTOCOL.fullmatch(text)
+        if sent is None:
+            raise ParseError(f"Bad Via protocol {text.strip().partition(' ')[0][:32]!r}")
+        name, version, transport, rest = sent.groups()
+        if name.upper() != "SIP" or version != "2.0":
+            raise ParseError(f"Bad Via protocol {f'{name}/{version}/{transport}'[:32]!r}")
+        sent_by, _, params = (rest or "").strip().partition(";")
         try:
             host, port = split_host_port(sent_by.strip())
         except URIError as exc:
@@ -707,13 +713,14 @@ class StreamFramer:
         while True:
             buffer = self._buffer.lstrip(b"\r\n")
             self._buffer = buffer
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
+            empty = _EMPTY_LINE.search(buffer)  # bare LF line ends too, as in datagrams
+            if empty is None:
                 if len(buffer) > self.max_size:
                     raise ParseError("Message Too Large", status=513)
                 return
+            end, body = empty.span()
             size = _stream_content_length(buffer[:end])
-            total = end + 4 + size
+            total = body + size
             if total > self.max_size:
                 raise ParseError("Message Too Large", status=513)
             if len(buffer) < total:
@@ -724,7 +731,7 @@ class StreamFramer:
 
 def _stream_content_length(head: bytes) -> int:
     """The declared body size in a message head; 0 when absent (the parser then rejects it)."""
-    for line in head.split(b"\r\n")[1:]:
+    for line in head.split(b"\n")[1:]:
         name, colon, value = line.partition(b":")
         if colon and name.strip().lower() in (b"content-length", b"l"):
             value = value.strip()

@@ -66,7 +66,8 @@ def split_host_port(hostport: str) -> tuple[str, int | None]:
             raise URIError(f"unterminated IPv6 reference in {_excerpt(hostport)}")
         host, rest = hostport[1:end], hostport[end + 1 :]
         try:
-            ipaddress.IPv6Address(host)
+            # One spelling per address, as sockets report it: "[2001:DB8:0::1]" is 2001:db8::1.
+            host = ipaddress.IPv6Address(host).compressed
         except ValueError:
             raise URIError(f"bad IPv6 address {_excerpt(host)}") from None
         if not rest:
@@ -155,11 +156,13 @@ def parse_uri(text: str) -> URI:
         raise URIError(f"no scheme in URI {_excerpt(text)}")
     if scheme not in DEFAULT_PORTS:
         raise URIError(f"unsupported URI scheme {_excerpt(scheme)}")
-    rest, _, headers = rest.partition("?")
+    # The user part may hold '?' and ';' (§25.1 user-unreserved); no part after
+    # the host may hold a bare '@'. So the last '@' ends the user part.
     user: str | None = None
     at = rest.rfind("@")
     if at >= 0:
         user, rest = rest[:at], rest[at + 1 :]
+    rest, _, headers = rest.partition("?")
     hostport, _, params = rest.partition(";")
     return URI(scheme, user, *split_host_port(hostport), _split_params(params), headers)
 

@@ -1309,6 +1309,13 @@ def test_framer_keeps_a_partial_message() -> None:
     assert list(framer.feed(b"\r\n")) == []
 
 
+def test_framer_tolerates_bare_lf_line_ends_as_the_parser_does() -> None:
+    head, body = INVITE.split(b"\r\n\r\n", 1)
+    bare = head.replace(b"\r\n", b"\n") + b"\n\n" + body
+    assert frame([bare + BYE]) == [bare, BYE]
+    assert parse_message(frame([bare])[0], stream=True).body == parse_message(INVITE).body
+
+
 def test_framer_compact_content_length() -> None:
     data = sip(*OPTIONS[:-1], "l:  4", body=b"abcd")
     assert frame([data + BYE]) == [data, BYE]
@@ -1581,3 +1588,22 @@ def test_framer_never_raises_anything_but_parse_error(data: bytes, draw: st.Data
         assert data.startswith(message, at)
         at += len(message)
         check_parse(message, stream=True)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SIP / 2.0 / UDP host.example:5070;branch=z9hG4bKx",
+        "SIP/ 2.0 /UDP  host.example:5070 ;branch=z9hG4bKx",
+        " sip/2.0/udp host.example:5070;branch=z9hG4bKx",
+    ],
+)
+def test_via_with_white_space_around_slashes_is_read(text: str) -> None:
+    """§25.1: SLASH is SWS "/" SWS, so a sent-protocol may be spaced out."""
+    via = parse_via(text)
+    assert (via.transport, via.host, via.port, via.branch) == (
+        "UDP",
+        "host.example",
+        5070,
+        "z9hG4bKx",
+    )

@@ -415,3 +415,15 @@ def test_fast_paths_agree_with_general_code(text: str) -> None:
     for parse in (parse_uri, name_addr_tag):
         assert outcome(parse, text) == general_outcome(parse, text)
     assert outcome(name_addr_tag, text) == outcome(lambda t: parse_name_addr(t).tag, text)
+
+
+def test_user_part_may_hold_a_question_mark_and_headers_still_follow_the_host() -> None:
+    """§25.1 user-unreserved includes '?': only a '?' after the host starts headers."""
+    assert parse_uri("sip:alice?x@atlanta.com;lr?subject=hi") == URI(
+        "sip", "alice?x", "atlanta.com", None, {"lr": None}, "subject=hi"
+    )
+
+
+def test_ipv6_addresses_have_one_spelling() -> None:
+    assert split_host_port("[2001:DB8:0:0::1]:5060") == ("2001:db8::1", 5060)
+    assert parse_uri("sip:[2001:DB8::1]").host == parse_uri("sip:[2001:db8:0::1]").host
