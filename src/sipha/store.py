@@ -176,7 +176,13 @@ class Database:
         return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
     async def create_schema(self) -> None:
-        """Create missing tables (what ``opensipsdbctl create`` did); existing ones stay."""
+        """Create missing tables (what ``opensipsdbctl create`` did); existing ones stay.
+
+        A dialog table that OpenSIPS made indexes (hash_entry, hash_id) without
+        UNIQUE, which sipha's upserts need: such a table gets a unique index of
+        its own beside OpenSIPS's. Should that fail (rows that share an id), the
+        error is logged and the other tables are still read.
+        """
         statements = self.schema()
 
         def create(cursor: Any) -> None:
@@ -184,6 +190,41 @@ class Database:
                 cursor.execute(statement)
 
         await self.pool.runInteraction(create)
+        if await self.pool.runInteraction(self._dialog_key_is_unique):
+            return
+        try:
+            await self.pool.runOperation(
+                "CREATE UNIQUE INDEX did_unique ON dialog (hash_entry, hash_id)"
+            )
+        except Exception as error:
+            log.error(
+                "{database}: the dialog table has no UNIQUE index on (hash_entry, hash_id) "
+                "and none can be added ({error}); its rows may be written twice",
+                database=self,
+                error=error,
+            )
+            return
+        log.warn(
+            "{database}: added UNIQUE index did_unique on dialog (hash_entry, hash_id), "
+            "which sipha's writes need (a table made by OpenSIPS has a plain one)",
+            database=self,
+        )
+
+    def _dialog_key_is_unique(self, cursor: Any) -> bool:
+        """Does a UNIQUE index cover exactly (hash_entry, hash_id)?"""
+        unique: dict[str, list[tuple[int, str]]] = {}
+        if self.engine == "sqlite":
+            cursor.execute("PRAGMA index_list(dialog)")
+            for name in [row[1] for row in cursor.fetchall() if row[2]]:
+                cursor.execute("SELECT seqno, name FROM pragma_index_info(?)", (name,))
+                unique[name] = cursor.fetchall()
+        else:
+            cursor.execute("SHOW INDEX FROM dialog")
+            for row in cursor.fetchall():  # Table, Non_unique, Key_name, Seq_in_index, Column_name
+                if not row[1]:
+                    unique.setdefault(row[2], []).append((row[3], row[4]))
+        wanted = ["hash_entry", "hash_id"]
+        return any([column for _, column in sorted(cols)] == wanted for cols in unique.values())
 
     async def dispatcher_rows(self) -> list[DispatcherRow]:
         rows = await self.pool.runQuery(
