@@ -78,6 +78,7 @@ def tune_garbage_collector() -> None:
     calls in progress, and what was alive at start-up (frozen out of every
     scan). :func:`collect_old_garbage` looks for cycles among those hourly.
     """
+    gc.collect()  # start-up garbage first: a frozen object is never collected
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 1, GC_NEVER)
 
