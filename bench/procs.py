@@ -288,24 +288,6 @@ def read_stat_rows(path: Path) -> list[dict[str, str]]:
     return rows
 
 
-def last_stat_row(path: Path) -> dict[str, str]:
-    """The latest complete row of a sipp ``-trace_stat`` CSV, reading only its head and tail."""
-    try:
-        with path.open("rb") as stream:
-            header = stream.readline()
-            size = stream.seek(0, os.SEEK_END)
-            stream.seek(max(len(header), size - 16384))
-            tail = stream.read()
-    except FileNotFoundError:
-        return {}
-    names = header.decode("latin-1").rstrip("\r\n").split(";")
-    for line in reversed(tail.decode("latin-1").split("\n")[:-1]):
-        values = line.rstrip("\r").split(";")
-        if len(values) == len(names):
-            return dict(zip(names, values, strict=True))
-    return {}
-
-
 def counter(row: dict[str, str], name: str) -> int:
     try:
         return int(row.get(name) or 0)

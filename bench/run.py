@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The end-to-end tests' sipp helpers (standard library only) read sipp's files.
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
 
 from procs import (
     HOST,
@@ -52,7 +54,6 @@ from procs import (
     counter,
     cpu_by_pid,
     cpu_seconds,
-    last_stat_row,
     percentile,
     pids_named,
     port_free,
@@ -68,6 +69,8 @@ from procs import (
     wait_for,
 )
 from report import write_report
+
+from sipp import read_stats
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -653,7 +656,7 @@ def run_step(session: Session, rate: int, seconds: int, tag: str,
             probed = True
         if stop_on_failure and elapsed - checked >= 0.5:
             checked = elapsed
-            if counter(last_stat_row(stats), "FailedCall(C)"):
+            if counter(read_stats(stats), "FailedCall(C)"):
                 step.note = f"stopped at the first failed call, {elapsed:.1f} s in"
                 caller.stop(grace=5)
                 break
