@@ -74,6 +74,8 @@ def counters(sip: SIPService) -> dict[str, Any]:
         "requests_dropped": core.stats["requests_dropped"],
         "responses_dropped": core.stats["responses_dropped"],
         "parse_errors": core.stats["parse_errors"],
+        "calls_shed": core.stats["calls_shed"],
+        "overloaded": int(core.shedding),
         "transactions": {"server": len(core.layer.servers), "client": len(core.layer.clients)},
         "dialogs": {name: states[name] for name in _LIVE_STATES},
         "probes": probes,
@@ -127,6 +129,16 @@ class SiphaCollector(Collector):
             "sipha_requests_forwarded",
             "Requests relayed downstream",
             value=snap["requests_forwarded"],
+        )
+        yield CounterMetricFamily(
+            "sipha_calls_shed",
+            "New calls refused with 503 while overloaded",
+            value=snap["calls_shed"],
+        )
+        yield GaugeMetricFamily(
+            "sipha_overloaded",
+            "1 while new calls are refused for a backed-up receive queue",
+            value=snap["overloaded"],
         )
         yield CounterMetricFamily(
             "sipha_requests_dropped",

@@ -59,6 +59,8 @@ from sipha.wheel import TimerWheel
 log = Log(namespace="sipha.proxy")
 
 _NO_ANSWER = 'SIP;cause=480;text="NO_ANSWER"'
+#: Seconds a caller refused for overload is asked to wait (Retry-After).
+SHED_RETRY_AFTER = 5
 
 
 def _digest(*parts: object) -> str:
@@ -112,6 +114,8 @@ class ProxyCore:
         self._own_uri_prefixes = tuple(
             f"sip:{format_host_port(lst.host, lst.port)};" for lst in self.listeners
         )
+        #: Set by the transport edge while its receive queue is backed up.
+        self.shedding = False
         # URIs already looked at (contacts, destinations recur from call to call).
         self._local_uris: dict[str, bool] = {}
         self._hops: dict[str, tuple[Peer, Any] | None] = {}
@@ -230,7 +234,7 @@ class ProxyCore:
                 return
         did = _route_did(request) if request.to_tag is not None else None
         loop_key = self._loop_key(request)
-        rejection = self._validate(request, loop_key)
+        rejection = self._validate(request, loop_key) or self._shed(request)
         decision = rejection or self.route(request, self.helpers)
         if decision is DROP:
             self.stats["requests_dropped"] += 1
@@ -276,6 +280,13 @@ class ProxyCore:
         if self._looped(request, loop_key):
             return Reply(482)
         return None
+
+    def _shed(self, request: Request) -> Reply | None:
+        """While overloaded, a new call gets 503 at once; calls in progress go on (§21.5.4)."""
+        if not self.shedding or request.method != "INVITE" or request.to_tag is not None:
+            return None
+        self.stats["calls_shed"] += 1
+        return Reply(503, "Overloaded", (("Retry-After", str(SHED_RETRY_AFTER)),))
 
     def _loop_key(self, request: Request) -> str:
         """The §16.6 step 8 loop-detection part of the branch: the same for a looped copy."""
@@ -642,3 +653,26 @@ def dialog_byes(dialog: Dialog) -> list[Request]:
 def _rr_uri(listener: Any) -> str:
     transport = "" if listener.transport == "udp" else f";transport={listener.transport}"
     return f"sip:{format_host_port(listener.host, listener.port)}{transport}"
+
+
+class OverloadGuard:
+    """When to refuse new calls: past ``high`` queued bytes, until back under ``low``.
+
+    The measure is the UDP receive queue: once sipha reads datagrams more
+    slowly than they come, the queue grows, every message waits longer, and
+    past T1 the callers' retransmissions add to the load until nearly every
+    call fails. Refusing new calls early keeps the ones in progress going.
+    """
+
+    def __init__(self, high: int, low: int):
+        self.high = high
+        self.low = low
+        self.overloaded = False
+
+    def update(self, queued: int) -> bool:
+        """Take a new reading; True while new calls should be refused."""
+        if queued >= self.high:
+            self.overloaded = True
+        elif queued <= self.low:
+            self.overloaded = False
+        return self.overloaded

@@ -20,7 +20,7 @@ from sipha.dispatcher import Dispatcher
 from sipha.logs import Log, set_level
 from sipha.operations import add_operations
 from sipha.probing import Prober
-from sipha.proxy import ProxyCore
+from sipha.proxy import OverloadGuard, ProxyCore
 from sipha.routing import RouteHelpers
 from sipha.store import Database
 from sipha.transaction import TimerSettings
@@ -89,6 +89,11 @@ GC_YOUNG_THRESHOLD = 2500
 GC_NEVER = 2**31 - 1
 #: Seconds between full collections.
 GC_FULL_INTERVAL = 3600.0
+#: Receive-queue bytes (kernel accounting, about 1.3 KB a datagram) past which
+#: new calls are refused: some 1,600 messages, a tenth of a second of work.
+OVERLOAD_QUEUE = 2 * 1024 * 1024
+#: Seconds between two readings of the receive queue.
+OVERLOAD_CHECK_INTERVAL = 0.1
 
 
 def collect_old_garbage() -> None:
@@ -166,9 +171,14 @@ class SIPService(service.MultiService):
                     name, self.core, module, interval=interval, method=method, from_uri=from_uri
                 )
                 prober.service(self.reactor).setServiceParent(self)
-        full_collection = internet.TimerService(GC_FULL_INTERVAL, collect_old_garbage)
-        full_collection.clock = self.reactor
-        full_collection.setServiceParent(self)
+        high = min(OVERLOAD_QUEUE, config.proxy.udp_receive_buffer // 2)
+        for interval, call, args in (
+            (GC_FULL_INTERVAL, collect_old_garbage, ()),
+            (OVERLOAD_CHECK_INTERVAL, self._watch_overload, (OverloadGuard(high, high // 8),)),
+        ):
+            timer = internet.TimerService(interval, call, *args)
+            timer.clock = self.reactor
+            timer.setServiceParent(self)
         # Operations: Manhole, control socket, /metrics, as configured.
         add_operations(self)
         super().startService()
@@ -196,6 +206,22 @@ class SIPService(service.MultiService):
                 database=self.database,
                 error=error,
             )
+
+    def _watch_overload(self, guard: OverloadGuard) -> None:
+        """Refuse new calls while the receive queue is backed up (see OverloadGuard)."""
+        assert self.transports is not None
+        assert self.core is not None
+        queued = self.transports.receive_backlog()
+        if guard.update(queued) == self.core.shedding:
+            return
+        self.core.shedding = guard.overloaded
+        if guard.overloaded:
+            log.warn(
+                "overloaded: {queued} bytes wait in the receive queue; new calls get 503",
+                queued=queued,
+            )
+        else:
+            log.info("receive queue drained: taking new calls again")
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
         """``kill -HUP`` reloads the destination tables, like an MI ``ds_reload``/``lb_reload``."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
+import struct
 from typing import Any
 
 from twisted.internet import protocol
@@ -43,6 +44,21 @@ def set_receive_buffer(sock: socket.socket, size: int) -> int:
         break
     # Linux reports twice the requested size (it counts its bookkeeping).
     return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+
+# Linux: the socket's memory counters; the first is what its receive queue holds.
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
+_MEMINFO = struct.Struct("9I")
+
+
+def queued_bytes(sock: socket.socket) -> int:
+    """Bytes waiting in a socket's receive queue (kernel accounting); 0 where unknown."""
+    try:
+        return int(
+            _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))[0]
+        )
+    except (OSError, struct.error):
+        return 0
 
 
 # Linux: bind an address this host does not have (yet): the virtual IP, on the standby.
@@ -197,6 +213,10 @@ class Transports:
         finally:
             sock.close()  # the reactor holds its own duplicate
         log.info("sipha listening on {listener}", listener=listener)
+
+    def receive_backlog(self) -> int:
+        """The longest receive queue of sipha's UDP sockets, in bytes."""
+        return max((queued_bytes(port.socket) for port in self.udp.values()), default=0)
 
     async def stop(self) -> None:
         for connection in list(self.connections.values()):

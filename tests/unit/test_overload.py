@@ -1,0 +1,124 @@
+"""Refusing new calls while the receive queue is backed up, and only then."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+from proxykit import CALLER, UDP_IN, invite, make_proxy, reply
+from twisted.logger import formatEvent, globalLogPublisher
+
+from sipha.config import parse_config
+from sipha.message import Request, Response
+from sipha.proxy import SHED_RETRY_AFTER, OverloadGuard
+from sipha.service import SIPService
+from sipha.transaction import Peer
+from sipha.transport import queued_bytes
+
+FS1 = Peer("udp", "127.0.0.1", 5071)
+
+
+def test_guard_refuses_past_high_and_takes_calls_again_only_under_low():
+    guard = OverloadGuard(high=1000, low=100)
+    assert [guard.update(q) for q in (0, 999, 1000, 500, 101, 100, 500, 2000)] == [
+        False,
+        False,
+        True,
+        True,
+        True,
+        False,
+        False,
+        True,
+    ]
+
+
+def test_a_new_call_gets_503_with_retry_after_while_calls_in_progress_go_on():
+    core, _, wire = make_proxy()
+    core.receive(invite(), CALLER, UDP_IN)
+    forwarded = next(s.message for s in wire.take() if isinstance(s.message, Request))
+    core.receive(reply(forwarded, 200), FS1, UDP_IN)
+    route = forwarded.get("record-route")
+    wire.take()
+
+    core.shedding = True
+    core.receive(invite(call_id="new@x", branch="z9hG4bK-new"), CALLER, UDP_IN)
+    (refused,) = wire.take()
+    assert isinstance(refused.message, Response)
+    assert (refused.message.status, refused.message.get("retry-after")) == (
+        503,
+        str(SHED_RETRY_AFTER),
+    )
+    assert core.stats["calls_shed"] == 1
+    bye = invite(method="BYE", cseq=2, to_tag="uas-1", branch="z9hG4bK-bye", routes=(route,))
+    core.receive(bye, CALLER, UDP_IN)
+    assert [s.message.method for s in wire.take()] == ["BYE"]
+
+    core.shedding = False
+    core.receive(invite(call_id="later@x", branch="z9hG4bK-later"), CALLER, UDP_IN)
+    assert [getattr(s.message, "method", None) for s in wire.take()] == [None, "INVITE"]
+
+
+@pytest.fixture
+def udp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    yield receiver, sender
+    receiver.close()
+    sender.close()
+
+
+def test_queued_bytes_follow_the_receive_queue(udp_pair):
+    receiver, sender = udp_pair
+    assert queued_bytes(receiver) == 0
+    for _ in range(10):
+        sender.sendto(b"x" * 600, receiver.getsockname())
+    assert queued_bytes(receiver) >= 6000
+    receiver.setblocking(False)
+    for _ in range(10):
+        receiver.recv(2048)
+    assert queued_bytes(receiver) == 0
+
+
+class _Listener:
+    def __init__(self, sock: socket.socket):
+        self.socket = sock
+
+
+class _Transports:
+    """The service's transports, reduced to the one socket the watch reads."""
+
+    def __init__(self, sock: socket.socket):
+        self.udp = {"udp": _Listener(sock)}
+
+    def receive_backlog(self) -> int:
+        return queued_bytes(self.udp["udp"].socket)
+
+
+def test_the_service_watch_turns_shedding_on_and_off_and_says_so(udp_pair):
+    receiver, sender = udp_pair
+    sip = SIPService(parse_config('[proxy]\nlisten = ["udp:127.0.0.1:5060"]\n'))
+    sip.core, _, _ = make_proxy()
+    sip.transports = _Transports(receiver)  # type: ignore[assignment]
+    guard = OverloadGuard(high=5000, low=1000)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        sip._watch_overload(guard)
+        assert not sip.core.shedding
+        for _ in range(10):
+            sender.sendto(b"x" * 600, receiver.getsockname())
+        sip._watch_overload(guard)
+        assert sip.core.shedding
+        receiver.setblocking(False)
+        for _ in range(10):
+            receiver.recv(2048)
+        sip._watch_overload(guard)
+        assert not sip.core.shedding
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    said = [formatEvent(e) for e in events if e.get("log_namespace") == "sipha.service"]
+    assert len(said) == 2
+    assert "new calls get 503" in said[0]
+    assert "taking new calls again" in said[1]
