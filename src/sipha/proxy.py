@@ -185,15 +185,6 @@ class ProxyCore:
                 reason=error.reason,
             )
             return
-        response = make_response(
-            request, error.status, error.reason, to_tag=_digest(source, request.call_id)[:10]
-        )
-        try:
-            peer = Peer("udp", *request.top_via.response_target("udp"))
-        except ParseError:
-            peer = source  # the Via is unusable: answer where it came from
-        if source.reliable:
-            peer = source
         log.info(
             "rejected request from {source}: {status} {reason}",
             source=source,
@@ -201,7 +192,28 @@ class ProxyCore:
             reason=error.reason,
             call_id=request.call_id,
         )
-        self.layer.responses_sent[error.status] += 1
+        self._reply_statelessly(request, source, local, error.status, error.reason)
+
+    def _reply_statelessly(
+        self,
+        request: Request,
+        source: Peer,
+        local: Any,
+        status: int,
+        reason: str,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        """A reply with no transaction behind it: nothing retransmitted, nothing kept."""
+        response = make_response(
+            request, status, reason, to_tag=_digest(source, request.call_id)[:10], extra=headers
+        )
+        try:
+            peer = Peer("udp", *request.top_via.response_target("udp"))
+        except ParseError:
+            peer = source  # the Via is unusable: answer where it came from
+        if source.reliable:
+            peer = source
+        self.layer.responses_sent[status] += 1
         self.send(response.serialize(), peer, local)
 
     def _on_response(self, response: Response) -> None:
@@ -232,9 +244,15 @@ class ProxyCore:
             if server is not None:
                 server.receive_retransmission()
                 return
+        if self.shedding and request.method == "INVITE" and request.to_tag is None:
+            # §21.5.4; stateless, so that refusing costs next to nothing.
+            self.stats["calls_shed"] += 1
+            retry = (("Retry-After", str(SHED_RETRY_AFTER)),)
+            self._reply_statelessly(request, source, local, 503, "Overloaded", retry)
+            return
         did = _route_did(request) if request.to_tag is not None else None
         loop_key = self._loop_key(request)
-        rejection = self._validate(request, loop_key) or self._shed(request)
+        rejection = self._validate(request, loop_key)
         decision = rejection or self.route(request, self.helpers)
         if decision is DROP:
             self.stats["requests_dropped"] += 1
@@ -280,13 +298,6 @@ class ProxyCore:
         if self._looped(request, loop_key):
             return Reply(482)
         return None
-
-    def _shed(self, request: Request) -> Reply | None:
-        """While overloaded, a new call gets 503 at once; calls in progress go on (§21.5.4)."""
-        if not self.shedding or request.method != "INVITE" or request.to_tag is not None:
-            return None
-        self.stats["calls_shed"] += 1
-        return Reply(503, "Overloaded", (("Retry-After", str(SHED_RETRY_AFTER)),))
 
     def _loop_key(self, request: Request) -> str:
         """The §16.6 step 8 loop-detection part of the branch: the same for a looped copy."""

@@ -90,8 +90,9 @@ GC_NEVER = 2**31 - 1
 #: Seconds between full collections.
 GC_FULL_INTERVAL = 3600.0
 #: Receive-queue bytes (kernel accounting, about 1.3 KB a datagram) past which
-#: new calls are refused: some 1,600 messages, a tenth of a second of work.
-OVERLOAD_QUEUE = 2 * 1024 * 1024
+#: new calls are refused: some 6,400 messages, about half a second of work at
+#: full load, when the callers' retransmissions (T1) start to add to it.
+OVERLOAD_QUEUE = 8 * 1024 * 1024
 #: Seconds between two readings of the receive queue.
 OVERLOAD_CHECK_INTERVAL = 0.1
 
@@ -171,7 +172,8 @@ class SIPService(service.MultiService):
                     name, self.core, module, interval=interval, method=method, from_uri=from_uri
                 )
                 prober.service(self.reactor).setServiceParent(self)
-        high = min(OVERLOAD_QUEUE, config.proxy.udp_receive_buffer // 2)
+        # Linux doubles the buffer asked for; stay below what it can hold.
+        high = min(OVERLOAD_QUEUE, config.proxy.udp_receive_buffer)
         for interval, call, args in (
             (GC_FULL_INTERVAL, collect_old_garbage, ()),
             (OVERLOAD_CHECK_INTERVAL, self._watch_overload, (OverloadGuard(high, high // 8),)),

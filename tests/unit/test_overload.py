@@ -42,8 +42,10 @@ def test_a_new_call_gets_503_with_retry_after_while_calls_in_progress_go_on():
     wire.take()
 
     core.shedding = True
+    transactions = len(core.layer.servers)
     core.receive(invite(call_id="new@x", branch="z9hG4bK-new"), CALLER, UDP_IN)
     (refused,) = wire.take()
+    assert len(core.layer.servers) == transactions  # stateless: refusing costs next to nothing
     assert isinstance(refused.message, Response)
     assert (refused.message.status, refused.message.get("retry-after")) == (
         503,
