@@ -337,7 +337,21 @@ class Target:
         return None
 
 
-class Sipha(Target):
+class ProxyProcess(Target):
+    """A proxy the benchmark runs as a process of its own, with its log."""
+
+    process: Process | None = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(grace=15)
+            self.process = None
+
+    def log(self) -> Path | None:
+        return self.process.log if self.process is not None else None
+
+
+class Sipha(ProxyProcess):
     proxy = "sipha"
     port = SIPHA_PORT
 
@@ -373,9 +387,7 @@ class Sipha(Target):
         time.sleep(1.0)  # the destination tables are read just after the sockets open
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop(grace=15)
-            self.process = None
+        super().stop()
         if self._database is not None:
             self._database.close()
             self._database = None
@@ -386,11 +398,8 @@ class Sipha(Target):
     def dialog_rows(self) -> int | None:
         return count_dialog_rows(self.url) if self.store_spec.db_mode else None
 
-    def log(self) -> Path | None:
-        return self.process.log if self.process is not None else None
 
-
-class Kamailio(Target):
+class Kamailio(ProxyProcess):
     key = "kamailio"
     label = "Kamailio, dialogs in memory"
     proxy = "Kamailio"
@@ -416,16 +425,8 @@ class Kamailio(Target):
         time.sleep(0.5)
         self._pids = self.process.tree()
 
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop(grace=15)
-            self.process = None
-
     def pids(self) -> list[int]:
         return self._pids
-
-    def log(self) -> Path | None:
-        return self.process.log if self.process is not None else None
 
 
 class Direct(Target):
