@@ -30,6 +30,7 @@ __all__ = [
     "DatabaseConfig",
     "DispatcherConfig",
     "DispatcherDestination",
+    "HAConfig",
     "ListenAddress",
     "LoadBalancerConfig",
     "LoadBalancerDestination",
@@ -512,6 +513,11 @@ def _check_endpoint(text: str) -> None:
 _ENDPOINT = Parsed(_check_endpoint, "a listening endpoint")
 
 
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse``, with "" meaning "not set"."""
+    return lambda text: parse(text) if text else ""
+
+
 def _check_octal_mode(text: str) -> None:
     if not re.fullmatch(r"0?[0-7]{3}", text):
         raise ValueError("expected an octal file mode such as '0600'")
@@ -635,6 +641,46 @@ class DialogConfig:
     queue_limit: int = setting(Int(ge=1), 100000)
 
 
+def _ip_literal(text: str) -> str:
+    """An IP address as sipha writes it (compressed IPv6, no brackets)."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError("expected an IP address such as 198.18.0.100") from None
+
+
+class _OneOrMore(List):
+    """A list, or a single value standing for a list of one (``virtual_ip = "ADDR"``)."""
+
+    types = (list, str)
+    what = "a string or an array of strings"
+
+    def convert(self, value: Any, key: str) -> tuple[Any, ...]:
+        return super().convert([value] if isinstance(value, str) else value, key)
+
+
+_IP = Parsed(_ip_literal, "an IP address", keep_text=False)
+_OPTIONAL_IP = Parsed(_optional(_ip_literal), "an IP address", keep_text=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HAConfig:
+    """The load-balancer pair: the virtual IP, this node, and the other node."""
+
+    virtual_ip: tuple[str, ...] = setting(_OneOrMore(_IP, unique=True), [])
+    node_address: str = setting(_OPTIONAL_IP, "")
+    peer: str = setting(_OPTIONAL_IP, "")
+    replication_port: int = setting(Int(1, 65535), 5566)
+
+    def _problems(self) -> Iterator[tuple[str, str]]:
+        if self.node_address in self.virtual_ip:
+            yield "node_address", "is a virtual IP: it must be this node's own address"
+        if self.peer and not self.node_address:
+            yield "peer", "needs ha.node_address: the replication link runs between node addresses"
+        if self.peer and self.peer in (self.node_address, *self.virtual_ip):
+            yield "peer", "must be the other node's own address"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     proxy: ProxyConfig = setting(Table(ProxyConfig), {})
@@ -648,6 +694,7 @@ class Config:
     manhole: ManholeConfig = setting(Table(ManholeConfig), {})
     control: ControlConfig = setting(Table(ControlConfig), {})
     metrics: MetricsConfig = setting(Table(MetricsConfig), {})
+    ha: HAConfig = setting(Table(HAConfig), {})
     # Not a key: the file this came from, as given.
     path: Path | None = None
 
