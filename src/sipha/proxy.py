@@ -6,7 +6,10 @@ and non-2xx ACKs are absorbed there), then given to the route, whose decision
 it carries out. A :class:`ProxyContext` ties one server transaction to the
 client transactions it forwards to, one at a time: when a branch times out
 without any reply or answers 5xx, the next target takes the call (serial
-failover); the caller sees only the final outcome.
+failover); the caller sees only the final outcome. A response that matches
+no client transaction but carries sipha's Via on top is forwarded statelessly
+(§16.7 step 1, §16.11): after a takeover the other node of the pair holds the
+transactions, and the answer must still reach the caller.
 
 Sans-IO: the clock and the ``send`` callable are injected; nothing here knows
 about sockets or the reactor.
@@ -28,6 +31,7 @@ from sipha.message import (
     ParseError,
     Request,
     Response,
+    Via,
     make_request,
     make_response,
     parse_message,
@@ -218,12 +222,47 @@ class ProxyCore:
 
     def _on_response(self, response: Response) -> None:
         transaction = self.layer.match_response(response)
-        if transaction is None:
-            # A stray: with RFC 6026's Accepted state a stateful proxy has no
-            # reason to forward responses it has no transaction for.
+        if transaction is not None:
+            transaction.receive_response(response)
+        elif self._is_own_via(response.top_via):
+            self._forward_response_statelessly(response)
+        else:
+            self.stats["responses_dropped"] += 1
+
+    def _is_own_via(self, via: Via) -> bool:
+        """Did sipha write this Via? Its sent-by is a listener's (always with the port)."""
+        return (via.host, via.port) in self._local
+
+    def _forward_response_statelessly(self, response: Response) -> None:
+        """A response to a request this node holds no transaction for, sent on by its Via.
+
+        §16.7 step 1 and §16.11: the typical one is a media server's 200
+        retransmitted to the virtual IP after the other node of the pair, which
+        relayed the INVITE, died. Every status goes on, 100 too, as a stateless
+        proxy's would: the caller's request did reach a UAS, so its
+        retransmissions may stop.
+        """
+        response.pop_first("via")
+        if not response.has("via"):
+            self.stats["responses_dropped"] += 1  # to a request of sipha's own (a probe, a BYE)
+            return
+        try:
+            hop = self._response_hop(response.top_via)
+        except ParseError:  # only the top Via was checked on arrival
+            hop = None
+        if hop is None:
             self.stats["responses_dropped"] += 1
             return
-        transaction.receive_response(response)
+        self.stats["responses_forwarded_statelessly"] += 1
+        self.layer.responses_sent[response.status] += 1
+        self.send(response.serialize(), *hop)
+
+    def _response_hop(self, via: Via) -> tuple[Peer, Any] | None:
+        """Where a response goes by its Via (§18.2.2, RFC 3581), and the listener it leaves from."""
+        transport = via.transport.lower()
+        host, port = via.response_target(transport)
+        local = self.listener_for(transport, host)
+        return None if local is None else (Peer(transport, host, port), local)
 
     def _on_request(self, request: Request, source: Peer, local: Any) -> None:
         via = request.top_via

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from proxykit import CALLER, TCP_IN, UDP_IN, invite, make_proxy, reply
 
-from sipha.message import Request, Response
+from sipha.message import Request, Response, parse_message
 from sipha.transaction import Peer
 
 FS1 = Peer("udp", "127.0.0.1", 5071)
@@ -369,12 +370,94 @@ def test_oversize_request_gets_513():
     assert [s.message.status for s in wire.take()] == [513]
 
 
-def test_stray_response_is_dropped():
-    core, _, wire, forwarded = start_call()
-    stray = reply(forwarded, 200).replace(forwarded.top_via.branch.encode(), b"z9hG4bKother")
-    core.receive(stray, FS1, UDP_IN)
+# -- responses that match no transaction (RFC 3261 §16.7 step 1, §16.11) -------------
+
+#: The Via the other node of the pair wrote: the same listener address, its own branch.
+PEER_NODE_VIA = "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-peer-node.1.0"
+
+
+def relayed_by_the_peer_node(caller_via: str = "SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK-c1"):
+    """The INVITE as a media server got it from the other node, which then died."""
+    request = parse_message(invite(via=f"Via: {caller_via}"))
+    request.insert("Via", PEER_NODE_VIA)
+    return request
+
+
+@pytest.mark.parametrize("status", [100, 180, 200, 486])
+def test_response_without_transaction_goes_to_the_next_via(status):
+    """After a takeover the media server's reply reaches the node that never saw the INVITE."""
+    core, _, wire = make_proxy()
+    caller_via = "SIP/2.0/UDP phone.example.com;branch=z9hG4bK-c1;rport=40123;received=198.51.100.7"
+    core.receive(reply(relayed_by_the_peer_node(caller_via), status), FS1, UDP_IN)
+    (sent,) = wire.take()
+    assert sent.peer == Peer("udp", "198.51.100.7", 40123)
+    assert sent.local == UDP_IN
+    assert sent.message.status == status
+    assert sent.message.get_all("via") == [caller_via]
+    assert core.stats["responses_forwarded_statelessly"] == 1
+    assert core.stats["responses_dropped"] == 0
+    assert core.layer.responses_sent == {status: 1}
+    assert core.layer.servers == {}
+    assert core.layer.clients == {}
+
+
+def test_response_without_transaction_keeps_the_callers_transport():
+    core, _, wire = make_proxy()
+    request = relayed_by_the_peer_node("SIP/2.0/TCP 192.0.2.10:5062;branch=z9hG4bK-c1")
+    core.receive(reply(request, 200), FS1, UDP_IN)
+    (sent,) = wire.take()
+    assert (sent.peer, sent.local) == (Peer("tcp", "192.0.2.10", 5062), TCP_IN)
+
+
+def test_retransmitted_2xx_after_the_transactions_ended_still_reaches_the_caller():
+    core, clock, wire, forwarded = start_call()
+    core.receive(reply(forwarded, 200, "OK"), FS1, UDP_IN)
+    clock.advance(40)
+    wire.take()
+    core.receive(reply(forwarded, 200, "OK"), FS1, UDP_IN)
+    (sent,) = wire.take()
+    assert (sent.peer, sent.message.status) == (CALLER, 200)
+    assert sent.message.get_all("via") == ["SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK-caller-1"]
+
+
+@pytest.mark.parametrize(
+    "top_via",
+    [
+        pytest.param("SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bK-x", id="another-host"),
+        pytest.param("SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-x", id="another-port"),
+        pytest.param("SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK-x", id="no-port"),
+    ],
+)
+def test_response_without_transaction_and_not_through_sipha_is_dropped(top_via):
+    core, _, wire = make_proxy()
+    request = parse_message(invite())
+    request.insert("Via", top_via)
+    core.receive(reply(request, 200), FS1, UDP_IN)
     assert wire.take() == []
     assert core.stats["responses_dropped"] == 1
+    assert core.stats["responses_forwarded_statelessly"] == 0
+
+
+@pytest.mark.parametrize(
+    "vias",
+    [
+        pytest.param([PEER_NODE_VIA], id="to-sipha-itself"),
+        pytest.param([PEER_NODE_VIA, "SIP/2.0/UDP ;branch=z9hG4bK-c1"], id="unusable-next-via"),
+        pytest.param([PEER_NODE_VIA, "SIP/2.0/UDP [2001:db8::1]:5062"], id="no-ipv6-listener"),
+        pytest.param([PEER_NODE_VIA, "SIP/2.0/SCTP 192.0.2.10:5062"], id="no-sctp-listener"),
+    ],
+)
+def test_response_without_transaction_that_cannot_go_on_is_dropped(vias):
+    """Our Via alone (a probe's or a BYE's reply), or a next hop sipha cannot send to."""
+    core, _, wire = make_proxy()
+    request = parse_message(invite())
+    request.remove("via")
+    for via in reversed(vias):
+        request.insert("Via", via)
+    core.receive(reply(request, 200), FS1, UDP_IN)
+    assert wire.take() == []
+    assert core.stats["responses_dropped"] == 1
+    assert core.layer.responses_sent == {}
 
 
 def test_transactions_are_cleaned_up_after_a_call():
