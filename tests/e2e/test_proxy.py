@@ -337,6 +337,42 @@ def test_garbage_is_dropped(
     assert server.stop().stats.get("IncomingCall(C)") == "1"
 
 
+def test_response_relayed_by_the_other_node_reaches_the_caller(sipha_proxy: ProxyFactory) -> None:
+    """A 200 for an INVITE sipha holds no transaction for goes on by its Via.
+
+    After a takeover the media server retransmits its 200 to the virtual IP,
+    now held by the node that never saw the INVITE: sipha's Via is on top (the
+    other node wrote the same address), the caller's below it.
+    """
+    proxy = start_proxy(sipha_proxy, [dead_uri()])
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as caller,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as media_server,
+    ):
+        caller.bind(("127.0.0.1", 0))
+        caller.settimeout(2.0)
+        caller_via = (
+            f"SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK-c1;"
+            f"received=127.0.0.1;rport={caller.getsockname()[1]}"
+        )
+        answer = (
+            "SIP/2.0 200 OK\r\n"
+            f"Via: SIP/2.0/UDP {proxy.address};branch=z9hG4bK-other-node.1.0\r\n"
+            f"Via: {caller_via}\r\n"
+            "From: <sip:caller@192.0.2.10>;tag=1\r\nTo: <sip:1000@127.0.0.1>;tag=2\r\n"
+            "Call-ID: taken-over@192.0.2.10\r\nCSeq: 1 INVITE\r\n"
+            "Contact: <sip:fs@127.0.0.1:5071>\r\nContent-Length: 0\r\n\r\n"
+        )
+        media_server.sendto(answer.encode(), sipp.split_hostport(proxy.address))
+        relayed, source = caller.recvfrom(65535)
+
+    text = relayed.decode()
+    assert text.startswith("SIP/2.0 200 OK\r\n"), text
+    assert header_values(text, "Via") == [caller_via]
+    assert header_values(text, "Call-ID") == ["taken-over@192.0.2.10"]
+    assert source == sipp.split_hostport(proxy.address)  # from sipha's own listener
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_broken_via_gets_400(
     transport: str, sipha_proxy: ProxyFactory, media_server: ServerFactory, sipp_caller: Caller
