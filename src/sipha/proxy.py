@@ -3,13 +3,15 @@
 :class:`ProxyCore` receives every message from the transport edge. Requests
 are validated (§16.3), matched against server transactions (retransmissions
 and non-2xx ACKs are absorbed there), then given to the route, whose decision
-it carries out. A :class:`ProxyContext` ties one server transaction to the
-client transactions it forwards to, one at a time: when a branch times out
-without any reply or answers 5xx, the next target takes the call (serial
-failover); the caller sees only the final outcome. A response that matches
-no client transaction but carries sipha's Via on top is forwarded statelessly
-(§16.7 step 1, §16.11): after a takeover the other node of the pair holds the
-transactions, and the answer must still reach the caller.
+it carries out; only an OPTIONS addressed to sipha itself is answered before
+the route, whatever the route is (health checks). A :class:`ProxyContext`
+ties one server transaction to the client transactions it forwards to, one
+at a time: when a branch times out without any reply or answers 5xx, the
+next target takes the call (serial failover); the caller sees only the final
+outcome. A response that matches no client transaction but carries sipha's
+Via on top is forwarded statelessly (§16.7 step 1, §16.11): after a takeover
+the other node of the pair holds the transactions, and the answer must still
+reach the caller.
 
 Sans-IO: the clock and the ``send`` callable are injected; nothing here knows
 about sockets or the reactor.
@@ -36,7 +38,7 @@ from sipha.message import (
     make_response,
     parse_message,
 )
-from sipha.routing import DROP, Relay, Reply, Route, RouteHelpers
+from sipha.routing import ALLOWED_METHODS, DROP, Relay, Reply, Route, RouteHelpers
 from sipha.transaction import (
     IGNORE_REPLIES,
     ClientTransaction,
@@ -65,6 +67,23 @@ log = Log(namespace="sipha.proxy")
 _NO_ANSWER = 'SIP;cause=480;text="NO_ANSWER"'
 #: Seconds a caller refused for overload is asked to wait (Retry-After).
 SHED_RETRY_AFTER = 5
+#: The answer to an OPTIONS for sipha itself (RFC 3261 §11.2): the methods the
+#: reference route takes and OPTIONS, which only sipha itself takes; SDP bodies;
+#: and no extensions (an empty Supported is valid, §20.37).
+OWN_OPTIONS_ANSWER = Reply(
+    200,
+    "OK",
+    (
+        ("Allow", f"{ALLOWED_METHODS}, OPTIONS"),
+        ("Accept", "application/sdp"),
+        ("Supported", ""),
+    ),
+)
+
+
+def _bad_extension(required: list[str]) -> Reply:
+    """420 naming the option tags sipha does not support: all of them, it has none."""
+    return Reply(420, "Bad Extension", (("Unsupported", ", ".join(required)),))
 
 
 def _digest(*parts: object) -> str:
@@ -204,7 +223,7 @@ class ProxyCore:
         source: Peer,
         local: Any,
         status: int,
-        reason: str,
+        reason: str | None,
         headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         """A reply with no transaction behind it: nothing retransmitted, nothing kept."""
@@ -283,6 +302,9 @@ class ProxyCore:
             if server is not None:
                 server.receive_retransmission()
                 return
+        if request.method == "OPTIONS" and self._addressed_to_sipha(request):
+            self._answer_options(request, source, local)
+            return
         if self.shedding and request.method == "INVITE" and request.to_tag is None:
             # §21.5.4; stateless, so that refusing costs next to nothing.
             self.stats["calls_shed"] += 1
@@ -316,6 +338,34 @@ class ProxyCore:
         else:
             self._relay(request, source, local, decision, loop_key)
 
+    def _addressed_to_sipha(self, request: Request) -> bool:
+        """An out-of-dialog request for sipha itself: its Request-URI is a listener, no user.
+
+        Such an OPTIONS is sipha's to answer as a UAS (RFC 3261 §11.2), even
+        with Max-Forwards 0 (§16.3 step 3 lets the final recipient answer it):
+        keepalived's ``vrrp_script``, ``sipsak -s sip:VIP`` and monitoring ask
+        it whether sipha is alive, whatever the route would do with it.
+        """
+        if request.to_tag is not None:
+            return False
+        try:
+            uri = parse_uri(request.uri)
+        except URIError:
+            return False
+        return not uri.user and self.is_local(uri)
+
+    def _answer_options(self, request: Request, source: Peer, local: Any) -> None:
+        """200 with what sipha takes, or 420 for a Require it cannot meet (§8.2.2.3).
+
+        Stateless: the answer has nothing to retransmit, and a retransmitted
+        OPTIONS gets it again.
+        """
+        required = request.get_all("require")
+        answer = _bad_extension(required) if required else OWN_OPTIONS_ANSWER
+        self._reply_statelessly(
+            request, source, local, answer.status, answer.reason, answer.headers
+        )
+
     def _dialog_ended(self, dialog: Dialog, reason: str) -> None:
         """A call that outlived ``default_timeout`` is hung up: BYE to both ends."""
         if reason != "timeout":
@@ -333,7 +383,7 @@ class ProxyCore:
             return Reply(416)
         required = request.get_all("proxy-require")
         if required:
-            return Reply(420, "Bad Extension", (("Unsupported", ", ".join(required)),))
+            return _bad_extension(required)
         if self._looped(request, loop_key):
             return Reply(482)
         return None

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from sipha.dialog import Dialogs
     from sipha.dispatcher import Dispatcher
 
-#: Methods sipha's reference route accepts, sent in ``Allow`` with a 405.
+#: Methods sipha's reference route accepts, sent in ``Allow`` with a 405. Not
+#: OPTIONS: the core answers an OPTIONS to sipha itself before any route, and an
+#: OPTIONS the route sees (for a user, or for another host) gets this 405.
 ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, REGISTER"
 
 #: OpenSIPS maxfwd's ``max_limit``: larger values are lowered to this.

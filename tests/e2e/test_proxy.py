@@ -273,7 +273,11 @@ def test_all_destinations_dead(sipha_proxy: ProxyFactory, sipp_caller: Caller) -
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize(
     "scenario",
-    [pytest.param("options_maxfwd0.xml", id="483"), pytest.param("subscribe.xml", id="405")],
+    [
+        pytest.param("options_maxfwd0.xml", id="483"),
+        pytest.param("subscribe.xml", id="405"),
+        pytest.param("options_self.xml", id="200"),
+    ],
 )
 def test_answered_by_sipha_itself(
     scenario: str,
@@ -282,7 +286,11 @@ def test_answered_by_sipha_itself(
     media_server: ServerFactory,
     sipp_caller: Caller,
 ) -> None:
-    """Max-Forwards 0 gets 483 and an initial SUBSCRIBE 405 with Allow, never forwarded."""
+    """Answers of sipha's own, never forwarded.
+
+    Max-Forwards 0 gets 483, an initial SUBSCRIBE 405 with Allow, and an
+    OPTIONS for sipha itself (a health check) 200 with Allow and Accept.
+    """
     server = media_server(sipp.free_port())
     proxy = start_proxy(sipha_proxy, [server])
 

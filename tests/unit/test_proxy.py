@@ -6,6 +6,7 @@ import pytest
 from proxykit import CALLER, TCP_IN, UDP_IN, invite, make_proxy, reply
 
 from sipha.message import Request, Response, parse_message
+from sipha.routing import DROP
 from sipha.transaction import Peer
 
 FS1 = Peer("udp", "127.0.0.1", 5071)
@@ -194,6 +195,83 @@ def test_initial_subscribe_gets_405_with_allow():
     (sent,) = wire.take()
     assert sent.message.status == 405
     assert "INVITE" in sent.message.get("allow")
+
+
+# -- OPTIONS for sipha itself (RFC 3261 §11.2) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "max_forwards"),
+    [
+        ("sip:127.0.0.1:5060", "70"),
+        ("sip:127.0.0.1", "70"),  # 5060 by default
+        ("sip:127.0.0.1:5060;transport=tcp", "70"),
+        ("sip:127.0.0.1:5060", "0"),  # §16.3 step 3: the final recipient may answer it
+        ("sip:127.0.0.1:5060", None),
+    ],
+)
+def test_options_for_sipha_itself_gets_200_with_what_it_takes(uri, max_forwards):
+    core, _, wire = make_proxy()
+    core.receive(invite(method="OPTIONS", uri=uri, max_forwards=max_forwards), CALLER, UDP_IN)
+    (sent,) = wire.take()
+    assert (sent.peer, sent.local) == (CALLER, UDP_IN)
+    answer = sent.message
+    assert (answer.status, answer.reason) == (200, "OK")
+    assert answer.get_all("allow") == ["INVITE", "ACK", "CANCEL", "BYE", "REGISTER", "OPTIONS"]
+    assert answer.get("accept") == "application/sdp"
+    assert answer.get("supported") == ""
+    assert answer.to_tag
+    assert core.layer.responses_sent == {200: 1}
+    assert core.layer.servers == {}
+    assert core.stats["requests_forwarded"] == 0
+
+
+def test_options_for_sipha_itself_is_answered_whatever_the_route():
+    core, _, wire = make_proxy()
+    core.route = lambda request, sip: DROP
+    core.receive(invite(method="OPTIONS", uri="sip:127.0.0.1:5060"), CALLER, UDP_IN)
+    core.receive(invite(method="OPTIONS", call_id="c2"), CALLER, UDP_IN)
+    assert [s.message.status for s in wire.take()] == [200]
+    assert core.stats["requests_dropped"] == 1
+
+
+def test_options_for_sipha_itself_over_tcp_is_answered_on_its_connection():
+    core, _, wire = make_proxy()
+    source = Peer("tcp", "192.0.2.10", 40000)
+    core.receive(invite(method="OPTIONS", uri="sip:127.0.0.1:5060"), source, TCP_IN)
+    (sent,) = wire.take()
+    assert (sent.peer, sent.local, sent.message.status) == (source, TCP_IN, 200)
+
+
+def test_options_for_sipha_itself_requiring_an_extension_gets_420():
+    core, _, wire = make_proxy()
+    request = invite(method="OPTIONS", uri="sip:127.0.0.1:5060", extra="Require: 100rel, timer")
+    core.receive(request, CALLER, UDP_IN)
+    (sent,) = wire.take()
+    assert sent.message.status == 420
+    assert sent.message.get_all("unsupported") == ["100rel", "timer"]
+
+
+@pytest.mark.parametrize(
+    ("uri", "to_tag", "max_forwards", "status"),
+    [
+        ("sip:alice@127.0.0.1:5060", None, "70", 405),  # a user at sipha
+        ("sip:192.0.2.99:5060", None, "70", 405),  # another host
+        ("sip:127.0.0.1:5070", None, "70", 405),  # another port
+        ("sips:127.0.0.1", None, "70", 405),  # 5061
+        ("sip:alice@127.0.0.1:5060", None, "0", 483),
+        ("sip:127.0.0.1:5060", "t", "70", 404),  # in a dialog sipha does not know
+    ],
+)
+def test_other_options_are_routed(uri, to_tag, max_forwards, status):
+    core, _, wire = make_proxy()
+    options = invite(method="OPTIONS", uri=uri, to_tag=to_tag, max_forwards=max_forwards)
+    core.receive(options, CALLER, UDP_IN)
+    (sent,) = wire.take()
+    assert sent.message.status == status
+    if status == 405:
+        # The Request-URI does not take OPTIONS, so the Allow leaves it out.
+        assert sent.message.get_all("allow") == ["INVITE", "ACK", "CANCEL", "BYE", "REGISTER"]
 
 
 def test_unsupported_uri_scheme_gets_416():
