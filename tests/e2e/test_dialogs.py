@@ -15,11 +15,9 @@ sipha or stop the database while they are up.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,6 +29,7 @@ import pytest
 
 import sipp
 from dbkit import query
+from dbserver import PrivateMariaDB
 
 Caller = Callable[..., sipp.SippResult]
 ServerFactory = Callable[..., sipp.MediaServer]
@@ -247,114 +246,6 @@ def test_calls_survive_a_restart(
 
 
 # --------------------------------------------------------------------------- database outage
-
-
-def _server_binary(name: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
-    if found is None:
-        pytest.fail(f"{name} (Debian package mariadb-server) is required", pytrace=False)
-    return found
-
-
-class PrivateMariaDB:
-    """A MariaDB server of the test's own, so that stopping it disturbs nothing else.
-
-    Its datadir is under the test's directory, its port a free one on
-    127.0.0.1 and its socket file its own; root has no password. It is
-    started and stopped by its PID, never through a service manager.
-    """
-
-    def __init__(self, directory: Path, socket_dir: Path) -> None:
-        self.directory = directory
-        self.datadir = directory / "data"
-        self.socket = socket_dir / "mariadb.sock"
-        self.error_log = directory / "mariadb.err"
-        self.port = sipp.free_tcp_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        # Small InnoDB files: the default redo log alone is 96 MiB.
-        self.options = [
-            "--no-defaults",
-            f"--datadir={self.datadir}",
-            "--user=root",
-            "--skip-name-resolve",
-            "--innodb-buffer-pool-size=16M",
-            "--innodb-log-file-size=4M",
-        ]
-
-    def install(self) -> None:
-        done = subprocess.run(
-            [
-                _server_binary("mariadb-install-db"),
-                *self.options,
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-            ],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        if done.returncode:
-            output = (done.stdout + done.stderr).decode(errors="replace")
-            pytest.fail(f"mariadb-install-db failed ({done.returncode})\n{output[-4000:]}")
-
-    def connect(self, database: str | None = None, timeout: int = 2):  # type: ignore[no-untyped-def]
-        import MySQLdb
-
-        return MySQLdb.connect(
-            host="127.0.0.1",
-            port=self.port,
-            user="root",
-            password="",
-            connect_timeout=timeout,
-            **({"database": database} if database else {}),
-        )
-
-    def start(self, timeout: float = 30.0) -> None:
-        """Start mariadbd and wait until it takes connections on its port."""
-        __tracebackhide__ = True
-        with open(self.directory / "mariadbd.out", "ab") as out:
-            self.process = subprocess.Popen(
-                [
-                    _server_binary("mariadbd"),
-                    *self.options,
-                    f"--port={self.port}",
-                    f"--socket={self.socket}",
-                    "--bind-address=127.0.0.1",
-                    f"--pid-file={self.directory / 'mariadbd.pid'}",
-                    f"--log-error={self.error_log}",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(Exception):
-                self.connect().close()
-                return
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"mariadbd did not start on port {self.port}\n{self.log()}")
-            time.sleep(0.05)
-
-    def stop(self, grace: float = 30.0) -> None:
-        """SIGTERM mariadbd by its PID (a clean shutdown), SIGKILL after ``grace`` seconds."""
-        if self.process is not None:
-            sipp._terminate(self.process, grace)
-            self.process = None
-
-    def log(self) -> str:
-        return sipp.log_tail(self.error_log, 4000)
-
-    def create_database(self, name: str) -> str:
-        """An empty database; returns its URL for sipha."""
-        connection = self.connect()
-        try:
-            connection.cursor().execute(f"CREATE DATABASE {name}")
-        finally:
-            connection.close()
-        return f"mysql://root@127.0.0.1:{self.port}/{name}"
 
 
 @pytest.fixture
