@@ -11,11 +11,18 @@ Each request is ``{"command": NAME, "args": {...}}``; each reply is
 ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": TEXT}``. The
 commands run on the reactor thread, like everything else that touches the
 live objects; the ones that go to the database answer when it has.
+
+One sipha serves a socket at a time: it holds an ``flock`` on ``<socket>.lock``
+for as long as it runs. The kernel lets go of it when the process ends, however
+it ends, so a sipha restarted right after a ``kill -9`` comes up at once;
+Twisted's PID lock (``listenUNIX(wantPID=True)``) took the killed process,
+still a zombie until its parent reaped it, for a live owner and refused.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import socket
@@ -149,13 +156,19 @@ class ControlService(service.Service):
         self.path = control_socket(config.socket)
         self.mode = int(config.mode, 8)
         self.port: Any = None
+        self.lock: int | None = None
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
         _prepare_directory(self.path.parent, self.mode)
-        _remove_stale(self.path)
+        try:
+            self.lock = _lock(self.path)
+            _remove_stale(self.path)
+        except SocketTakenError as error:
+            # One line, not a traceback, as for a SIP port already taken.
+            raise SystemExit(f"sipha: {error}") from None
         self.port = self.reactor.listenUNIX(
-            os.fspath(self.path), ControlFactory(_commands(self.sip)), mode=self.mode, wantPID=True
+            os.fspath(self.path), ControlFactory(_commands(self.sip)), mode=self.mode
         )
         log.info(
             "control socket {path} (mode {mode:04o}): sipha-ctl talks here",
@@ -165,10 +178,41 @@ class ControlService(service.Service):
 
     def stopService(self) -> Any:  # noqa: N802
         super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-        return None
+        port, self.port = self.port, None
+        stopped = (
+            defer.maybeDeferred(port.stopListening) if port is not None else defer.succeed(None)
+        )
+        # The lock goes last: until the socket file is gone, the next sipha would
+        # find it answering.
+        return stopped.addBoth(self._unlock)
+
+    def _unlock(self, result: Any) -> Any:
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
+        return result
+
+
+class SocketTakenError(Exception):
+    """Another process serves the control socket: this sipha must not start."""
+
+
+def _lock(path: Path) -> int:
+    """Lock ``<socket>.lock`` for as long as the returned descriptor stays open.
+
+    The file stays when sipha stops: deleting it would let two processes lock
+    two different files of the same name.
+    """
+    lock = Path(f"{path}.lock")
+    if lock.is_symlink():
+        lock.unlink()  # Twisted's PID lock (wantPID), left by a killed sipha of an earlier release
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SocketTakenError(f"another sipha serves the control socket {path}") from None
+    return fd
 
 
 def _prepare_directory(directory: Path, mode: int) -> None:
@@ -198,14 +242,14 @@ def _prepare_directory(directory: Path, mode: int) -> None:
 
 
 def _remove_stale(path: Path) -> None:
-    """A socket file left by a sipha that was killed, with no lock beside it, is removed.
+    """Remove the socket file a killed sipha left; call it with the lock held.
 
-    (Twisted's lock file covers the usual case; this covers a lost lock file.)
-    One that answers is another sipha: that is an error, not a stale file.
+    With the lock, a socket file is stale unless something answers on it: a
+    process that serves it without the lock (a sipha from before the lock was
+    an flock, or another program). That is an error, not a stale file.
     """
-    lock = Path(f"{path}.lock")
     try:
-        if not stat.S_ISSOCK(os.lstat(path).st_mode) or os.path.lexists(lock):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
             return
     except FileNotFoundError:
         return
@@ -216,4 +260,4 @@ def _remove_stale(path: Path) -> None:
             if error.errno == errno.ECONNREFUSED:
                 path.unlink(missing_ok=True)
             return
-    raise RuntimeError(f"another process serves the control socket {path}")
+    raise SocketTakenError(f"another process serves the control socket {path}")

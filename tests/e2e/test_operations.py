@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -40,16 +41,21 @@ def ctl_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "sipha.ctl"]
 
 
-def ctl(*args: str, socket_path: Path | None = None) -> subprocess.CompletedProcess[str]:
+def working_tree_env() -> dict[str, str]:
+    """The environment with the working tree's sipha first on the path."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    return env
+
+
+def ctl(*args: str, socket_path: Path | None = None) -> subprocess.CompletedProcess[str]:
     where = ["--socket", str(socket_path)] if socket_path is not None else []
     return subprocess.run(
         [*ctl_command(), *where, *args],
         capture_output=True,
         text=True,
         timeout=30,
-        env=env,
+        env=working_tree_env(),
         check=False,
     )
 
@@ -219,6 +225,63 @@ def test_ctl_finds_sipha_without_being_told(
     result = ctl("destinations", "--json")
     assert result.returncode == 0, result.stderr
     assert [d["uri"] for d in json.loads(result.stdout)["load_balancer"]] == [fs1.uri]
+
+
+def test_sipha_restarted_before_the_killed_one_is_reaped_comes_up(
+    sipha_proxy, media_server, sipp_caller
+) -> None:
+    """A supervisor restarts sipha right after a SIGKILL, before it has reaped the process.
+
+    The killed sipha is a zombie meanwhile: its PID still looks alive, so a
+    PID lock would keep the new one from serving the control socket.
+    """
+    fs1 = media_server(sipp.free_port())
+    proxy = start(sipha_proxy, [fs1])
+    killed = proxy.process
+    assert killed is not None
+    os.kill(killed.pid, signal.SIGKILL)
+    try:
+        exited = os.waitid(os.P_PID, killed.pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped
+        assert exited.si_code == os.CLD_KILLED
+
+        proxy.start()  # the same command on the same config, as systemd would
+
+        assert [d["uri"] for d in ctl_json(proxy, "destinations")["load_balancer"]] == [fs1.uri]
+        sipp_caller("options_self.xml", proxy.address)
+        assert os.waitid(os.P_PID, killed.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    finally:
+        killed.wait()
+
+
+def test_a_second_sipha_on_the_same_control_socket_stops_with_one_line(
+    sipha_proxy, media_server, tmp_path
+) -> None:
+    """twistd prints the reason as one line, and the running sipha goes on serving."""
+    fs1 = media_server(sipp.free_port())
+    first = start(sipha_proxy, [fs1])
+    socket_path = first.directory / "control.sock"
+    port = sipp.free_port()
+    (tmp_path / "second").mkdir()
+    second = sipp.SiphaProxy(
+        tmp_path / "second",
+        [f"udp:127.0.0.1:{port}"],
+        [fs1.uri],
+        sections={"control": {"socket": str(socket_path)}},
+    )
+
+    ran = subprocess.run(
+        second.command,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=working_tree_env(),
+        check=False,
+    )
+
+    assert ran.returncode == 1, ran.stdout
+    assert f"sipha: another sipha serves the control socket {socket_path}\n" in ran.stdout
+    assert "Traceback" not in ran.stdout
+    assert ctl_json(first, "destinations")["load_balancer"][0]["uri"] == fs1.uri
 
 
 # --------------------------------------------------------------------------- metrics and logs
