@@ -1,0 +1,207 @@
+"""The load-balancer pair survives failover, end to end (see lab.py for the network).
+
+Real keepalived moves the VIP between two real sipha processes sharing a real
+MariaDB; sipp media servers ring 3 s then answer, a sipp caller calls the VIP
+and holds each call. Four ways to lose the active node, each with calls
+ringing and answered at that moment:
+
+1. lb1 crashes (link down, sipha and keepalived SIGKILLed),
+2. lb1 comes back and takes the VIP back from lb2 while calls are up,
+3. keepalived is stopped on the active node (a planned switch-over),
+4. sipha alone is SIGKILLed on the active node (keepalived's health check).
+
+Every call must complete, no 503 may reach the caller after the takeover, and
+afterwards no node may keep a call or a load-balancer unit, nor the table a row.
+Each test records the VIP's outage (from the failure to the VIP seen on the
+other node, polled every 20 ms), the takeover ``sipha-ctl ha status`` reports
+and the calls completed; they are printed at the end of the run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lab import Lab, Node, Record
+
+import sipp
+
+#: The media servers ring this long before answering (uas_ha.xml).
+RING = 3.0
+HOLD_MS = 15000
+
+
+def takeover(node: Node, since: float, timeout: float = 5.0) -> dict[str, Any] | None:
+    """The ``last_takeover`` of ``node``'s ``ha status`` once it is later than ``since``."""
+    found: dict[str, Any] | None = None
+
+    def arrived() -> bool:
+        nonlocal found
+        status = node.ha_status() or {}
+        last = status.get("last_takeover")
+        if isinstance(last, dict) and float(last.get("at") or 0) >= since - 1:
+            found = last
+            return True
+        return False
+
+    sipp.wait_until(arrived, timeout, interval=0.2)
+    return found
+
+
+def states(node: Node) -> dict[str, int] | None:
+    """Dialogs by state on ``node`` (ringing: early; answered: confirmed...)."""
+    counters = node.ctl_json("counters")
+    return counters.get("dialogs") if isinstance(counters, dict) else None
+
+
+def failover(record: Record, lab: Lab, fail: Any, *, to: str, timeout: float = 15.0) -> float:
+    """Run ``fail()`` and measure how long the VIP takes to reach ``to``; record it."""
+    record.figures["at_failure"] = states(lab.nodes["lb1"] if to == "lb2" else lab.nodes["lb2"])
+    wall = time.time()
+    start = time.monotonic()
+    fail()
+    seen = lab.network.wait_for_vip(to, timeout)
+    outage = None if seen is None else round(seen - start, 2)
+    record.figures["vip_outage_s"] = outage
+    record.check(seen is not None, f"the VIP reached {to} within {timeout:g} s")
+    last = takeover(lab.nodes[to], wall) if seen is not None else None
+    record.figures["takeover_ms"] = None if last is None else last.get("duration_ms")
+    record.figures["calls_restored"] = None if last is None else last.get("calls_restored")
+    record.check(
+        last is not None, f"`ha status` on {to} reports the takeover", lab.nodes[to].ha_status()
+    )
+    return wall
+
+
+def judge_calls(
+    record: Record, lab: Lab, caller: Any, expected: int, before: int, since: float
+) -> None:
+    """All ``expected`` calls completed on both ends, and no 503 after ``since``."""
+    outcome = lab.outcome(caller)
+    lab.wait_until(lambda: lab.completed_calls() - before >= expected, 10)
+    completed = lab.completed_calls() - before
+    record.figures["calls_completed"] = f"{outcome.successful}/{expected}"
+    record.figures["refused_503"] = len(outcome.refused_at)
+    record.check(
+        outcome.successful == expected and outcome.failed == 0,
+        f"the caller completed {expected} of {expected} calls",
+        f"{outcome.successful} successful, {outcome.failed} failed\n{outcome.result.errors[-3000:]}",
+    )
+    record.check(
+        completed == expected,
+        f"the media servers completed {expected} calls",
+        f"{completed}; media server errors: {[s.errors()[-1500:] for s in lab.media_servers]}",
+    )
+    record.check(
+        outcome.refused_after(since) == 0,
+        "no 503 reached the caller after the failure",
+        f"{outcome.refused_after(since)} 503s",
+    )
+
+
+def judge_idle(record: Record, lab: Lab, host: str, when: str, timeout: float = 5.0) -> None:
+    node = lab.nodes[host]
+    idle = lab.wait_until(node.idle, timeout)
+    record.check(
+        idle,
+        f"{host} holds no dialog and no load-balancer unit {when}",
+        f"dialogs {states(node)}, load {node.load()}",
+    )
+
+
+def judge_table(record: Record, lab: Lab) -> None:
+    empty = lab.wait_until(lambda: not lab.dialog_rows(), 5)
+    record.check(empty, "the dialog table is empty at the end", lab.dialog_rows())
+
+
+def test_crash_of_the_active_node(lab: Lab, record: Record) -> None:
+    """lb1 dies with 20 calls ringing or up: lb2 takes the VIP and every call completes."""
+    lab.baseline()
+    lb1 = lab.nodes["lb1"]
+    before = lab.completed_calls()
+    caller = lab.call(20, rate=2, hold_ms=HOLD_MS)
+    time.sleep(5)  # the first calls are answered, the next ones ringing
+    since = failover(record, lab, lb1.crash, to="lb2")
+    judge_calls(record, lab, caller, 20, before, since)
+    judge_idle(record, lab, "lb2", "at the end")
+    judge_table(record, lab)
+    record.check(
+        any("ha active" in call for call in lab.nodes["lb2"].ctl_calls(since)),
+        "keepalived's notify ran `sipha-ctl ha active` on lb2",
+        lab.nodes["lb2"].ctl_calls(since),
+    )
+    record.verify(lab.describe())
+
+
+def test_fail_back_while_calls_are_up(lab: Lab, record: Record) -> None:
+    """lb1 returns and preempts the VIP from lb2 while 10 calls are up: their BYEs go through lb1."""
+    lb1, lb2 = lab.nodes["lb1"], lab.nodes["lb2"]
+    if lab.holder() != "lb2" or lb1.sipha.running:
+        # Run alone: start from lb1 crashed, as the previous test leaves it.
+        lab.baseline()
+        lb1.crash()
+        assert lab.network.wait_for_vip("lb2", 15) is not None, lab.describe()
+    before = lab.completed_calls()
+    caller = lab.call(10, rate=5, hold_ms=HOLD_MS)
+    time.sleep(2 + RING + 1.5)  # all placed and answered through lb2
+    record.figures["up_on_lb2"] = states(lb2)
+
+    wall = time.time()
+    start = time.monotonic()
+    lb1.revive()
+    lb1.start_sipha()
+    lb1.start_keepalived()
+    seen = lab.network.wait_for_vip("lb1", 20)
+    record.figures["preempt_after_s"] = None if seen is None else round(seen - start, 2)
+    record.check(seen is not None, "lb1 took the VIP back within 20 s of its return")
+    record.check(
+        caller.process.poll() is None, "the calls were still up when lb1 took the VIP back"
+    )
+    judge_idle(record, lab, "lb2", "right after it lost the VIP", timeout=2)
+    record.check(lb2.role() == "passive", "lb2 is passive", lb2.ha_status())
+    last = takeover(lb1, wall)
+    record.figures["takeover_ms"] = None if last is None else last.get("duration_ms")
+    record.figures["calls_restored"] = None if last is None else last.get("calls_restored")
+
+    judge_calls(record, lab, caller, 10, before, wall)
+    byes = lb1.requests_received("BYE")
+    record.check(byes is not None and byes >= 10, "the 10 BYEs went through lb1", byes)
+    judge_idle(record, lab, "lb1", "at the end")
+    judge_idle(record, lab, "lb2", "at the end")
+    judge_table(record, lab)
+    record.verify(lab.describe())
+
+
+def test_graceful_switch_over(lab: Lab, record: Record) -> None:
+    """keepalived stopped on the active node (SIGTERM): it resigns, lb2 takes over, no call is lost."""
+    lab.baseline()
+    lb1 = lab.nodes["lb1"]
+    before = lab.completed_calls()
+    caller = lab.call(10, rate=2, hold_ms=8000)
+    time.sleep(4)  # three calls answered, the others ringing
+    since = failover(record, lab, lb1.keepalived.stop, to="lb2", timeout=5)
+    record.check(
+        any("ha passive" in call for call in lb1.ctl_calls(since)),
+        "keepalived's notify ran `sipha-ctl ha passive` on lb1",
+        lb1.ctl_calls(since),
+    )
+    judge_calls(record, lab, caller, 10, before, since)
+    judge_idle(record, lab, "lb1", "once passive")
+    judge_idle(record, lab, "lb2", "at the end")
+    judge_table(record, lab)
+    record.verify(lab.describe())
+
+
+def test_sipha_killed_on_the_active_node(lab: Lab, record: Record) -> None:
+    """sipha alone SIGKILLed on the active node: the health check moves the VIP, no call is lost."""
+    lab.baseline()
+    lb1 = lab.nodes["lb1"]
+    before = lab.completed_calls()
+    caller = lab.call(10, rate=2, hold_ms=8000)
+    time.sleep(4)
+    since = failover(record, lab, lb1.sipha.kill, to="lb2")
+    record.check(lb1.keepalived.running, "keepalived on lb1 kept running")
+    judge_calls(record, lab, caller, 10, before, since)
+    judge_idle(record, lab, "lb2", "at the end")
+    judge_table(record, lab)
+    record.verify(lab.describe())
