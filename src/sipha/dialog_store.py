@@ -79,6 +79,7 @@ class DialogDatabase(Protocol):
 
     def write_dialogs(self, writes: Sequence[DialogRow | _Key]) -> Deferred[None]: ...
     async def dialog_rows(self) -> list[DialogRow]: ...
+    def claim_dialogs(self) -> Deferred[dict[str, int]]: ...
     def ping(self) -> Deferred[Any]: ...
     def unreachable(self, error: BaseException) -> bool: ...
 
@@ -247,6 +248,7 @@ class DialogStore:
         self._out_of_sync = False
         self._stopping = False
         self._closed = False
+        self._suspended = False
         self._waiters: list[Deferred[None]] = []
 
     @property
@@ -271,7 +273,7 @@ class DialogStore:
     # -- DialogObserver -------------------------------------------------------------------
 
     def changed(self, dialog: Dialog) -> None:
-        if self._accepting():
+        if _written_state(dialog) and self._accepting():
             self._put((dialog.h_entry, dialog.h_id), dialog)
             self._kick()
 
@@ -286,9 +288,45 @@ class DialogStore:
             self._deletes.pop(key, None)
         self._kick()
 
+    def discard(self, keys: Iterable[_Key]) -> None:
+        """Delete rows of calls that ended while their row was being written elsewhere."""
+        if self._accepting():
+            for key in keys:
+                self._stored.add(key)
+                self._put(key, None, bounded=False)
+            self._kick()
+
     def _accepting(self) -> bool:
         # Out of sync, changes are not queued: the resynchronisation reads memory.
-        return self.mode in (REALTIME, DELAYED) and not self._closed and not self._out_of_sync
+        return (
+            self.mode in (REALTIME, DELAYED)
+            and not self._closed
+            and not self._out_of_sync
+            and not self._suspended
+        )
+
+    def suspend(self) -> None:
+        """The node became passive: the rows are the other node's now; write nothing more.
+
+        What is queued is dropped (the other node has those calls from the
+        replication link, or from the table as it stands); a write already
+        sent completes.
+        """
+        self._suspended = True
+        self._queue.clear()
+        self._deletes.clear()
+        self._stored.clear()
+        self._due = self._single = 0
+        self._out_of_sync = False
+        for call in (self._wakeup, self._period):
+            if call is not None and call.active():
+                call.cancel()
+        self._wakeup = self._period = None
+        self._idle()
+
+    def resume(self) -> None:
+        """The node became active: its calls' changes are written again."""
+        self._suspended = False
 
     def _put(self, key: _Key, dialog: Dialog | None, bounded: bool = True) -> None:
         """Queue a write, replacing the dialog's pending one in place."""
@@ -527,7 +565,9 @@ class DialogStore:
         await self.drained()
 
     async def load(self, now: float) -> list[Dialog]:
-        """The dialogs of the table at start-up, to re-bind and hand to ``Dialogs.restore``.
+        """The dialogs of the table, taken over, to re-bind and hand to ``Dialogs.restore``.
+
+        Every row becomes this node's (``claim_dialogs``) before it is read.
 
         Rows already expired (``timeout <= now``) or DELETED are deleted;
         a row that cannot be read as a dialog is logged and left alone. In
@@ -536,6 +576,13 @@ class DialogStore:
         """
         if self.mode == NO_DB:
             return []
+        others = await self.database.claim_dialogs()
+        if others:
+            log.info(
+                "took over {rows} dialog rows from {owners}",
+                rows=sum(others.values()),
+                owners=", ".join(f"{o or 'no owner'} ({n})" for o, n in sorted(others.items())),
+            )
         dialogs: list[Dialog] = []
         gone: list[DialogRow | _Key] = []
         for row in await self.database.dialog_rows():

@@ -103,11 +103,18 @@ def _sqlite_open(connection: Any) -> None:
 
 
 class Database:
-    """A connection pool for ``sqlite:///PATH`` or ``mysql://USER:PASS@HOST:PORT/DB``."""
+    """A connection pool for ``sqlite:///PATH`` or ``mysql://USER:PASS@HOST:PORT/DB``.
 
-    def __init__(self, url: str, reactor: Any = None):
+    ``owner`` names this node in the dialog table's ``owner`` column: a node
+    changes only the rows it wrote or took over (:meth:`claim_dialogs`), so two
+    nodes that both believe they are active (a VRRP split) never overwrite or
+    delete each other's rows.
+    """
+
+    def __init__(self, url: str, reactor: Any = None, owner: str = ""):
         parts = urlsplit(url)
         self.url = url
+        self.owner = owner
         self.engine = parts.scheme
         options: dict[str, Any] = {"cp_noisy": False}
         if reactor is not None:
@@ -128,7 +135,11 @@ class Database:
                 **options,
             )
             self.placeholder = "?"
-            upsert = "ON CONFLICT (hash_entry, hash_id) DO UPDATE SET", "{0} = excluded.{0}"
+            upsert = (
+                "ON CONFLICT (hash_entry, hash_id) DO UPDATE SET",
+                "{0} = excluded.{0}",
+                " WHERE dialog.owner = excluded.owner",
+            )
         elif self.engine == "mysql":
             self.pool = adbapi.ConnectionPool(
                 "MySQLdb",
@@ -147,18 +158,28 @@ class Database:
                 **options,
             )
             self.placeholder = "%s"
-            upsert = "ON DUPLICATE KEY UPDATE", "{0} = VALUES({0})"
+            # MySQL has no WHERE here: each column keeps its value unless the row is ours.
+            upsert = (
+                "ON DUPLICATE KEY UPDATE",
+                "{0} = IF(owner = VALUES(owner), VALUES({0}), {0})",
+                "",
+            )
         else:
             raise ValueError(f"unsupported database URL {url!r}")
         # An upsert keyed by the UNIQUE (hash_entry, hash_id): writing a row
-        # twice (a retry after a lost reply) is harmless.
-        clause, assign = upsert
+        # twice (a retry after a lost reply) is harmless. Another node's row
+        # is left as it is.
+        clause, assign, condition = upsert
+        columns = (*DIALOG_COLUMNS, "owner")
         self._dialog_upsert = self.sql(
-            f"INSERT INTO dialog ({', '.join(DIALOG_COLUMNS)})"
-            f" VALUES ({', '.join('?' * len(DIALOG_COLUMNS))}) {clause} "
+            f"INSERT INTO dialog ({', '.join(columns)})"
+            f" VALUES ({', '.join('?' * len(columns))}) {clause} "
             + ", ".join(assign.format(column) for column in DIALOG_COLUMNS[2:])
+            + condition
         )
-        self._dialog_delete = self.sql("DELETE FROM dialog WHERE hash_entry = ? AND hash_id = ?")
+        self._dialog_delete = self.sql(
+            "DELETE FROM dialog WHERE hash_entry = ? AND hash_id = ? AND owner = ?"
+        )
 
     def __repr__(self) -> str:
         parts = urlsplit(self.url)
@@ -190,6 +211,7 @@ class Database:
                 cursor.execute(statement)
 
         await self.pool.runInteraction(create)
+        await self.pool.runInteraction(self._add_owner_column)
         if await self.pool.runInteraction(self._dialog_key_is_unique):
             return
         try:
@@ -209,6 +231,14 @@ class Database:
             "which sipha's writes need (a table made by OpenSIPS has a plain one)",
             database=self,
         )
+
+    def _add_owner_column(self, cursor: Any) -> None:
+        """A dialog table made by OpenSIPS (or an older sipha) gets sipha's ``owner`` column."""
+        cursor.execute("SELECT * FROM dialog WHERE 1 = 0")
+        if "owner" in (column[0].lower() for column in cursor.description):
+            return
+        cursor.execute("ALTER TABLE dialog ADD COLUMN owner CHAR(64) DEFAULT '' NOT NULL")
+        log.warn("{database}: added column owner to the dialog table", database=self)
 
     def _dialog_key_is_unique(self, cursor: Any) -> bool:
         """Does a UNIQUE index cover exactly (hash_entry, hash_id)?"""
@@ -276,10 +306,14 @@ class Database:
         All or nothing: after a failure none of them is written, so the caller
         can retry the same list.
         """
+        owner = self.owner
         batches = [
-            (self._dialog_upsert, [tuple(getattr(w, c) for c in DIALOG_COLUMNS) for w in group])
+            (
+                self._dialog_upsert,
+                [(*(getattr(w, c) for c in DIALOG_COLUMNS), owner) for w in group],
+            )
             if is_row
-            else (self._dialog_delete, list(group))
+            else (self._dialog_delete, [(*key, owner) for key in group])
             for is_row, group in itertools.groupby(writes, lambda w: isinstance(w, DialogRow))
         ]
 
@@ -288,6 +322,20 @@ class Database:
                 cursor.executemany(statement, parameters)
 
         return self.pool.runInteraction(write)
+
+    def claim_dialogs(self) -> Deferred[dict[str, int]]:
+        """Make every row of another node this node's own (a takeover); returns them by owner."""
+        select = self.sql("SELECT owner, COUNT(*) FROM dialog WHERE owner <> ? GROUP BY owner")
+        update = self.sql("UPDATE dialog SET owner = ? WHERE owner <> ?")
+
+        def claim(cursor: Any) -> dict[str, int]:
+            cursor.execute(select, (self.owner,))
+            others = {owner: int(count) for owner, count in cursor.fetchall()}
+            if others:
+                cursor.execute(update, (self.owner, self.owner))
+            return others
+
+        return self.pool.runInteraction(claim)
 
     def ping(self) -> Deferred[Any]:
         """A round trip that only succeeds when the database answers."""

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
@@ -40,6 +40,7 @@ class FakeDatabase:
         self.pending: list[tuple[list[DialogRow | tuple[int, int]] | None, Deferred[None]]] = []
         self.rows: dict[tuple[int, int], DialogRow] = {}
         self.refuse: set[tuple[int, int]] = set()
+        self.claims = 0
 
     def write_dialogs(self, writes: list[DialogRow | tuple[int, int]]) -> Deferred[None]:
         self.pending.append((list(writes), Deferred()))
@@ -51,6 +52,10 @@ class FakeDatabase:
 
     def unreachable(self, error: BaseException) -> bool:
         return isinstance(error, OutageError)
+
+    def claim_dialogs(self) -> Deferred[dict[str, int]]:
+        self.claims += 1
+        return succeed({})
 
     async def dialog_rows(self) -> list[DialogRow]:
         return list(self.rows.values())
@@ -431,6 +436,7 @@ def test_load_drops_expired_and_deleted_rows_and_marks_the_rest_as_written(mode)
     gone = ["-2", "-3"] if mode == 1 else ["-2", "-3", "-1", "-4"]  # mode 3 empties the table
     assert described(database.finish()) == gone
     [loaded] = result
+    assert database.claims == 1  # every row is taken over before it is read
     assert [(d.h_id, d.state) for d in loaded] == [
         (1, DialogState.CONFIRMED),
         (4, DialogState.CONFIRMED_NA),

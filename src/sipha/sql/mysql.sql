@@ -42,7 +42,9 @@ CREATE TABLE IF NOT EXISTS load_balancer (
 -- counters survive a crash or takeover: "profiles" = lbX<resource>#<destination
 -- id in hex>| per resource (OpenSIPS's format) and "vars" =
 -- lb_group#<group>|lb_dst#<destination URI>|, in both with "|", "#" and "\"
--- escaped by "\".
+-- escaped by "\". "owner" is sipha's own: the node that wrote the row or took
+-- it over; a node changes only its own rows, so two nodes that both believe
+-- they are active never overwrite each other's (OpenSIPS ignores the column).
 CREATE TABLE IF NOT EXISTS dialog (
     id INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
     hash_entry INT(10) UNSIGNED NOT NULL,
@@ -71,5 +73,6 @@ CREATE TABLE IF NOT EXISTS dialog (
     profiles TEXT,
     script_flags INT(10) UNSIGNED DEFAULT 0 NOT NULL,
     flags INT(10) UNSIGNED DEFAULT 0 NOT NULL,
+    owner CHAR(64) DEFAULT '' NOT NULL,
     UNIQUE KEY hash_idx (hash_entry, hash_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

@@ -41,7 +41,8 @@ CREATE INDEX IF NOT EXISTS dsturi_idx ON load_balancer (dst_uri);
 -- call's load-balancer binding, so its counters survive a crash or takeover:
 -- "profiles" = lbX<resource>#<destination id in hex>| per resource (OpenSIPS's
 -- format) and "vars" = lb_group#<group>|lb_dst#<destination URI>|, in both
--- with "|", "#" and "\" escaped by "\".
+-- with "|", "#" and "\" escaped by "\". "owner" is sipha's own: the node that
+-- wrote the row or took it over; a node changes only its own rows.
 CREATE TABLE IF NOT EXISTS dialog (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     hash_entry INTEGER NOT NULL,
@@ -69,6 +70,7 @@ CREATE TABLE IF NOT EXISTS dialog (
     vars TEXT,
     profiles TEXT,
     script_flags INTEGER NOT NULL DEFAULT 0,
-    flags INTEGER NOT NULL DEFAULT 0
+    flags INTEGER NOT NULL DEFAULT 0,
+    owner TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS hash_idx ON dialog (hash_entry, hash_id);
