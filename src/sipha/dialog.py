@@ -11,9 +11,10 @@ Each dialog has an id, ``(h_entry, h_id)`` as in OpenSIPS, carried in sipha's
 Record-Route as ``did=<entry>.<id>`` (both in reversed hex), so in-dialog
 requests find it even when a UA changes its tags; Call-ID and tags are the
 fallback. A dialog also keeps what another node needs to take the call over
-(route sets, contacts, CSeqs, the load-balancer binding): a
-:class:`DialogObserver` (the dialog store) hears of every change worth
-persisting.
+(route sets, contacts, CSeqs, the load-balancer binding, and while it rings
+the branch it was forwarded on): each :class:`DialogObserver` (the dialog
+store, the replication link to the other node) hears of every change, from
+the first forward to the end.
 
 The clock is injected; nothing here does I/O.
 """
@@ -49,7 +50,11 @@ class Releasable(Protocol):
 
 
 class DialogObserver(Protocol):
-    """Told of each change to persist: a dialog answered or updated, or deleted."""
+    """Told of each change: a dialog forwarded, answered or updated, or deleted.
+
+    Early dialogs are reported too (the other node of a pair needs them to
+    take a ringing call over); the dialog store keeps only answered ones.
+    """
 
     def changed(self, dialog: Dialog) -> None: ...
     def deleted(self, dialog: Dialog) -> None: ...
@@ -89,6 +94,8 @@ class Dialog:
     start_time: float = 0.0
     timeout_at: float = 0.0
     destination: str | None = None
+    #: The Via branch of the forward to ``destination``, while the call rings.
+    branch: str | None = None
     lb_group: int | None = None
     lb_resources: tuple[str, ...] = ()
     binding: Releasable | None = field(default=None, repr=False)
@@ -118,6 +125,7 @@ class Dialogs:
 
     ``is_local(uri)`` tells sipha's own Record-Route entries apart, to split a
     2xx's Record-Route into the callee's and the caller's route sets.
+    ``observers`` hear of every change (see :class:`DialogObserver`).
     ``on_end(dialog, reason)`` is called once per dialog as it is deleted
     (reason: ``failed``, ``bye``, ``timeout``, ``ended``), after its allocation
     is released.
@@ -129,14 +137,14 @@ class Dialogs:
         default_timeout: float = 43200.0,
         *,
         is_local: Callable[[str], bool] = lambda uri: False,
-        observer: DialogObserver | None = None,
+        observers: tuple[DialogObserver, ...] = (),
         on_end: Callable[[Dialog, str], None] | None = None,
         rng: random.Random | None = None,
     ):
         self.clock = clock
         self.default_timeout = default_timeout
         self.is_local = is_local
-        self.observer = observer
+        self.observers = observers
         self.on_end = on_end
         self._rng = rng or random.Random()
         self._next_id: dict[int, int] = {}
@@ -190,6 +198,16 @@ class Dialogs:
         self._add(dialog)
         return dialog
 
+    def _changed(self, dialog: Dialog) -> None:
+        for observer in self.observers:
+            observer.changed(dialog)
+
+    def forked(self, dialog: Dialog, destination: str | None, branch: str) -> None:
+        """The INVITE went to ``destination`` (first choice, or failover) on ``branch``."""
+        dialog.destination = destination
+        dialog.branch = branch
+        self._changed(dialog)
+
     def provisional(self, dialog: Dialog, response: Response) -> None:
         if dialog.state is DialogState.UNCONFIRMED and response.to_tag:
             dialog.state = DialogState.EARLY
@@ -205,8 +223,7 @@ class Dialogs:
         dialog.callee_route_set, dialog.caller_route_set = self._route_sets(response)
         dialog.start_time = self.clock.seconds()
         self._arm(dialog, dialog.start_time + self.default_timeout)
-        if self.observer is not None:
-            self.observer.changed(dialog)
+        self._changed(dialog)
 
     def _route_sets(self, response: Response) -> tuple[list[str], list[str]]:
         """Split a 2xx's Record-Route at sipha's own entries (§12.1.1, §12.1.2).
@@ -226,18 +243,19 @@ class Dialogs:
         except URIError:
             return False
 
-    def _arm(self, dialog: Dialog, deadline: float) -> None:
+    def _arm(self, dialog: Dialog, deadline: float, reason: str = "timeout") -> None:
+        if dialog.timer is not None and dialog.timer.active():
+            dialog.timer.cancel()  # a ringing call taken over has one: it is answered now
         dialog.timeout_at = deadline
         delay = max(0.0, deadline - self.clock.seconds())
-        dialog.timer = self.clock.callLater(delay, self.end, dialog, "timeout")
+        dialog.timer = self.clock.callLater(delay, self.end, dialog, reason)
 
     def in_dialog(self, dialog: Dialog, request: Request) -> None:
         """An in-dialog request: ACK confirms, BYE ends, the rest update the CSeqs."""
         if request.method == "ACK":
             if dialog.state is DialogState.CONFIRMED_NA:
                 dialog.state = DialogState.CONFIRMED
-                if self.observer is not None:
-                    self.observer.changed(dialog)
+                self._changed(dialog)
             return
         if request.method == "BYE":
             # As in OpenSIPS, the dialog (and its unit) ends when the BYE is
@@ -248,8 +266,8 @@ class Dialogs:
             dialog.caller_cseq = max(dialog.caller_cseq, request.cseq)
         else:
             dialog.callee_cseq = max(dialog.callee_cseq, request.cseq)
-        if self.observer is not None and dialog.state >= DialogState.CONFIRMED_NA:
-            self.observer.changed(dialog)
+        if dialog.state >= DialogState.CONFIRMED_NA:
+            self._changed(dialog)
 
     def failed(self, dialog: Dialog) -> None:
         """The INVITE failed or was cancelled: the early dialog goes, and its unit."""
@@ -271,10 +289,21 @@ class Dialogs:
     def match_id(self, h_entry: int, h_id: int) -> Dialog | None:
         return self._by_id.get((h_entry, h_id))
 
+    def find(self, call_id: str, from_tag: str) -> Dialog | None:
+        """The dialog of a reply to the caller's INVITE (its Call-ID and From tag)."""
+        return self._by_key.get((call_id, from_tag))
+
     def end(self, dialog: Dialog, reason: str) -> None:
         if dialog.state is DialogState.DELETED:
             return
-        answered = dialog.state >= DialogState.CONFIRMED_NA
+        self._forget(dialog)
+        for observer in self.observers:
+            observer.deleted(dialog)
+        if self.on_end is not None:
+            self.on_end(dialog, reason)
+
+    def _forget(self, dialog: Dialog) -> None:
+        """Out of the registry, its timer stopped and its load-balancer unit released."""
         dialog.state = DialogState.DELETED
         if dialog.timer is not None and dialog.timer.active():
             dialog.timer.cancel()
@@ -284,10 +313,19 @@ class Dialogs:
             del self._by_key[(dialog.call_id, dialog.from_tag)]
         if dialog.binding is not None:
             dialog.binding.release()
-        if answered and self.observer is not None:
-            self.observer.deleted(dialog)
-        if self.on_end is not None:
-            self.on_end(dialog, reason)
+
+    def drop_all(self) -> int:
+        """Forget every dialog without a word: no BYE, no write (the node became passive).
+
+        The calls go on through the other node, which owns them now; here the
+        load-balancer units are released (counters back to zero) and the
+        timers stopped. Returns how many dialogs were dropped.
+        """
+        dropped = list(self._by_id.values())
+        for dialog in dropped:
+            self._forget(dialog)
+        self._orphan_byes.clear()
+        return len(dropped)
 
     def orphan_bye(self, request: Request) -> None:
         """Remember a BYE that matched no dialog, in case its dialog is restored later."""
@@ -296,12 +334,14 @@ class Dialogs:
             del self._orphan_byes[next(iter(self._orphan_byes))]
 
     def restore(self, dialog: Dialog) -> None:
-        """A confirmed dialog read back from the store (start-up, takeover).
+        """A dialog taken over: read back from the store, or from the other node's stream.
 
-        Its remaining lifetime runs from its stored ``timeout_at``; one already
-        past expires at the next clock tick. The caller re-binds its
-        load-balancer allocation first. A dialog whose BYE already went through
-        is ended at once, so neither its row nor its unit outlives the call.
+        Its remaining lifetime runs from its ``timeout_at``; one already past
+        expires at the next clock tick. An answered call that reaches it gets
+        BYEs (as any timeout); a ringing one that was never answered by then
+        just fails. The caller re-binds its load-balancer allocation first. A
+        dialog whose BYE already went through is ended at once, so neither its
+        row nor its unit outlives the call.
         """
         if (dialog.h_entry, dialog.h_id) in self._by_id:
             return
@@ -311,7 +351,8 @@ class Dialogs:
             self.end(dialog, "bye")
             return
         self._next_id[dialog.h_entry] = max(self._next_id.get(dialog.h_entry, 0), dialog.h_id + 1)
-        self._arm(dialog, dialog.timeout_at)
+        answered = dialog.state >= DialogState.CONFIRMED_NA
+        self._arm(dialog, dialog.timeout_at, "timeout" if answered else "failed")
 
 
 def uri_host_port(uri: str) -> str:
