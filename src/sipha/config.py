@@ -698,6 +698,15 @@ class Config:
     # Not a key: the file this came from, as given.
     path: Path | None = None
 
+    def _problems(self) -> Iterator[tuple[str, str]]:
+        node = self.ha.node_address
+        if node and any(listener.host == node for listener in self.proxy.listen):
+            yield (
+                "ha.node_address",
+                f"{node} is also in proxy.listen: calls go to the virtual IP, and the node's"
+                " own address only carries probes and health checks",
+            )
+
     def with_db_url(self, url: str) -> Config:
         """A copy using ``url`` (``--db-url``, like OpenSIPS's db_url) instead of the file's.
 

@@ -21,14 +21,16 @@ from typing import TYPE_CHECKING, Any
 from sipha.balancer import LoadBalancer
 from sipha.config import Config
 from sipha.dialog import Dialogs, DialogState
-from sipha.dialog_store import NO_DB, REALTIME, DialogStore
+from sipha.dialog_store import DialogStore
 from sipha.dispatcher import Dispatcher
 from sipha.logs import Log
 from sipha.proxy import dialog_byes
 from sipha.store import Database, DispatcherRow, LoadBalancerRow
 
 if TYPE_CHECKING:
+    from sipha.ha import HighAvailability
     from sipha.message import Response
+    from sipha.probing import Prober
     from sipha.proxy import ProxyCore
     from sipha.transaction import ClientTransaction
 
@@ -36,7 +38,11 @@ log = Log(namespace="sipha.control")
 
 
 class Control:
-    """The operator's handle on the live dispatcher, load balancer and dialogs."""
+    """The operator's handle on the live dispatcher, load balancer, dialogs and role.
+
+    It is also what the operations services (control socket, Manhole,
+    metrics) are given: every live object they read hangs off it.
+    """
 
     def __init__(
         self,
@@ -54,8 +60,11 @@ class Control:
         self.dialogs = dialogs
         self.store = store
         self.sources = {"dispatcher": "config", "load_balancer": "config"}
-        #: The proxy core, set by the service: ending a dialog sends BYEs through it.
+        #: Set by the service once running: the proxy core (ending a dialog sends
+        #: BYEs through it), the probers, and the node's role in the pair.
         self.core: ProxyCore | None = None
+        self.probers: list[Prober] = []
+        self.ha: HighAvailability | None = None
 
     async def reload(self) -> dict[str, str]:
         """Re-read the destination tables without a restart; runtime state is kept.
@@ -84,36 +93,35 @@ class Control:
         return dict(self.sources)
 
     async def reload_dialogs(self) -> int:
-        """Take over the calls in the dialog table (start-up, or the standby taking the VIP).
+        """Reconcile the calls in memory with the dialog table (``sipha-ctl dialogs reload``).
 
-        Each dialog not already live is rebuilt with its remaining lifetime and
-        takes its load-balancer unit again, so counters match the calls in
-        progress. Where the table is kept current (db_mode 1) it is the truth:
-        a live dialog whose row is gone, with no write of ours pending, ended
-        on the other node, and is dropped here with its unit. Returns how many dialogs were restored.
+        Rows of calls not in memory are taken over with their load-balancer
+        units; in db_mode 1 an answered call whose row is gone (ended on the
+        other node) is dropped. A passive node holds no calls: it refuses.
+        Returns how many dialogs were restored.
         """
-        if self.store is None or self.store.mode == NO_DB:
-            return 0
-        rows = await self.store.load(self.dialogs.clock.seconds())
-        if self.store.mode == REALTIME:
-            in_table = {(d.h_entry, d.h_id) for d in rows}
-            for dialog in self.dialogs:
-                answered = dialog.state >= DialogState.CONFIRMED_NA
-                stale = (dialog.h_entry, dialog.h_id) not in in_table
-                if answered and stale and not self.store.pending(dialog):
-                    self.dialogs.end(dialog, "ended")
-        restored = 0
-        for dialog in rows:
-            if self.dialogs.match_id(dialog.h_entry, dialog.h_id) is not None:
-                continue
-            if dialog.lb_group is not None and dialog.destination:
-                dialog.binding = self.balancer.restore(
-                    dialog.lb_group, dialog.destination, dialog.lb_resources
-                )
-            self.dialogs.restore(dialog)
-            restored += 1
-        log.info("restored {count} dialogs from the dialog table", count=restored)
-        return restored
+        ha = self._ha()
+        if ha.role == "passive":
+            raise ValueError(
+                "this node is passive: the other node carries the calls (sipha-ctl ha active"
+                " takes them over)"
+            )
+        return await ha.reconcile()
+
+    def ha_status(self) -> dict[str, Any]:
+        """The node's role in the pair, since when, and its last takeover."""
+        return self._ha().status()
+
+    def ha_set_role(self, role: str) -> dict[str, Any]:
+        """Become active (take the calls over) or passive (drop them silently) now."""
+        if role not in ("active", "passive"):
+            raise ValueError(f"role must be active or passive, not {role!r}")
+        return self._ha().set_role(role, "sipha-ctl")
+
+    def _ha(self) -> HighAvailability:
+        if self.ha is None:
+            raise RuntimeError("the proxy is not running")
+        return self.ha
 
     def destinations(self) -> dict[str, list[dict[str, Any]]]:
         """Every destination with its state and, for the load balancer, its load."""

@@ -41,16 +41,14 @@ from sipha.metrics import counters
 
 if TYPE_CHECKING:
     from sipha.control import Control
-    from sipha.service import SIPService
 
 log = Log(namespace="sipha.control")
 
 Handler = Callable[..., Any]
 
 
-def _commands(sip: SIPService) -> dict[str, Handler]:
+def _commands(control: Control) -> dict[str, Handler]:
     """Command name -> callable taking the request's args; a Deferred/coroutine is awaited."""
-    control: Control = sip.control  # type: ignore[assignment]
 
     def destinations() -> dict[str, Any]:
         return {**control.destinations(), "sources": dict(control.sources)}
@@ -81,7 +79,10 @@ def _commands(sip: SIPService) -> dict[str, Handler]:
         "dialogs": control.dialog_list,
         "dialogs.end": control.end_dialog,
         "dialogs.reload": control.reload_dialogs,
-        "counters": lambda: counters(sip),
+        "counters": lambda: counters(control),
+        "ha.status": control.ha_status,
+        "ha.active": lambda: control.ha_set_role("active"),
+        "ha.passive": lambda: control.ha_set_role("passive"),
     }
 
 
@@ -149,10 +150,10 @@ class ControlFactory(protocol.ServerFactory):
 class ControlService(service.Service):
     """Serve the control socket while sipha runs; the socket file goes when it stops."""
 
-    def __init__(self, sip: SIPService, reactor: Any):
-        self.sip = sip
+    def __init__(self, control: Control, reactor: Any):
+        self.control = control
         self.reactor = reactor
-        config = sip.config.control
+        config = control.config.control
         self.path = control_socket(config.socket)
         self.mode = int(config.mode, 8)
         self.port: Any = None
@@ -168,7 +169,7 @@ class ControlService(service.Service):
             # One line, not a traceback, as for a SIP port already taken.
             raise SystemExit(f"sipha: {error}") from None
         self.port = self.reactor.listenUNIX(
-            os.fspath(self.path), ControlFactory(_commands(self.sip)), mode=self.mode
+            os.fspath(self.path), ControlFactory(_commands(self.control)), mode=self.mode
         )
         log.info(
             "control socket {path} (mode {mode:04o}): sipha-ctl talks here",

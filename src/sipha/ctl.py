@@ -206,6 +206,41 @@ def show_counters(result: Mapping[str, Any]) -> str:
     )
 
 
+def show_role(result: Mapping[str, Any]) -> str:
+    """``sipha-ctl ha status``: the role, since when, the last takeover, the link."""
+    since = result["since"]
+    lines = [
+        f"role: {result['role']} since {_clock(since)} ({time.time() - since:.0f} s)",
+        f"virtual IP: {', '.join(result['virtual_ip']) or 'none configured'}",
+    ]
+    takeover = result.get("last_takeover")
+    if takeover:
+        duration = takeover["duration_ms"]
+        lines.append(
+            f"last takeover: {_clock(takeover['at'])} ({takeover['reason']}),"
+            f" {takeover['calls_restored']} calls"
+            + (f" in {duration:.0f} ms" if duration is not None else ", dialog table pending")
+            + f" ({takeover['from_standby']} from the standby copy in"
+            f" {takeover['standby_ms']:.1f} ms, {takeover['from_table'] or 0} from the table)"
+        )
+    link = result.get("replication")
+    if link:
+        ways = [
+            w for w, up in (("sending", link["sending"]), ("receiving", link["receiving"])) if up
+        ]
+        lines.append(
+            f"replication: peer {link['peer']}:{link['port']} ({', '.join(ways) or 'down'}),"
+            f" standby copy {link['dialogs']} calls"
+            + (" (current)" if link["trusted"] else " (not current)")
+            + (f", peer is {link['peer_role']}" if link["peer_role"] else "")
+        )
+    return "\n".join(lines)
+
+
+def _clock(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
 def show_plain(result: Any) -> str:
     if isinstance(result, Mapping):
         return show_counters(result)
@@ -315,6 +350,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("call_id", metavar="CALL-ID")
     command("reload", "take over the calls in the dialog table (after a VIP takeover)", actions)
     command("counters", "requests, responses, transactions, dialogs, probes, dialog store")
+    ha = command("ha", "this node's role in the load-balancer pair").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    command("status", "role, virtual IP, since when, last takeover (exit 0 if sipha answers)", ha)
+    command("active", "take the calls over now (keepalived notify MASTER)", ha)
+    command("passive", "drop the calls silently now: the other node has them", ha)
     return parser
 
 
@@ -367,6 +408,8 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any], Show]:
         if action == "remove":
             return "lb.remove", {"group": args.group, "uri": args.uri}, show_plain
         return f"lb.{action}", {"destination": args.destination}, show_plain
+    if command == "ha":
+        return f"ha.{action}", {}, show_role
     # dialogs
     if action == "end":
         return "dialogs.end", {"call_id": args.call_id}, lambda n: f"{n} dialog(s) ended"

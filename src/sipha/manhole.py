@@ -50,7 +50,7 @@ from sipha.metrics import counters
 
 if TYPE_CHECKING:
     from sipha.config import Config, ManholeConfig
-    from sipha.service import SIPService
+    from sipha.control import Control
 
 log = Log(namespace="sipha.manhole")
 
@@ -201,13 +201,11 @@ def _bare_signature(function: Callable[..., Any]) -> inspect.Signature:
     )
 
 
-def namespace(sip: SIPService) -> dict[str, Any]:
+def namespace(control: Control) -> dict[str, Any]:
     """The names a Manhole session starts with: the live objects and the control methods."""
     from twisted.internet import reactor
 
-    control = sip.control
-    assert control is not None
-    assert sip.core is not None
+    assert control.core is not None
     commands: dict[str, Callable[..., Any]] = {
         name: _command(getattr(control, name))
         for name in (
@@ -223,24 +221,26 @@ def namespace(sip: SIPService) -> dict[str, Any]:
             "dialog_list",
             "end_dialog",
             "reload_dialogs",
+            "ha_status",
+            "ha_set_role",
         )
         if callable(getattr(control, name, None))
     }
 
     def sipha_counters() -> dict[str, Any]:
         """Requests, responses, transactions, dialogs, probes and dialog store, as now."""
-        return counters(sip)
+        return counters(control)
 
     commands["counters"] = sipha_counters
     objects = {
-        "service": (sip, "the SIPService: the whole of sipha"),
-        "config": (sip.config, "the config in force (frozen dataclasses)"),
-        "core": (sip.core, "the proxy core: counters in .stats, transactions in .layer"),
+        "config": (control.config, "the config in force (frozen dataclasses)"),
+        "core": (control.core, "the proxy core: counters in .stats, transactions in .layer"),
         "dispatcher": (control.dispatcher, "the dispatcher (REGISTER): .list(), .set_state()"),
         "balancer": (control.balancer, "the load balancer (INVITE): .list(), .load(uri)"),
         "dialogs": (control.dialogs, "the live dialogs: iterate it, len() it"),
         "store": (control.store, "the dialog store: .stats"),
-        "database": (sip.database, "the adbapi database: .pool"),
+        "database": (control.database, "the adbapi database: .pool"),
+        "ha": (control.ha, "the node's role in the pair: .status(), .set_role()"),
         "control": (control, "the Control object behind sipha-ctl"),
         "reactor": (reactor, "the reactor: never block it"),
     }
@@ -303,12 +303,12 @@ def telnet_factory(ns: dict[str, Any], password_checker: Any) -> protocol.Server
     return factory
 
 
-def manhole_services(sip: SIPService, reactor: Any = None) -> list[service.IService]:
+def manhole_services(control: Control, reactor: Any = None) -> list[service.IService]:
     """The SSH Manhole, and the telnet one when asked for, on their endpoints."""
-    settings = sip.config.manhole
-    ns = namespace(sip)
+    settings = control.config.manhole
+    ns = namespace(control)
     checks = checkers(settings)
-    key = host_key(sip.config)
+    key = host_key(control.config)
     found = [strports.service(settings.listen, ssh_factory(ns, checks, key), reactor=reactor)]
     log.info(
         "manhole: SSH on {listen}, host key {fingerprint}",

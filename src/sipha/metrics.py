@@ -33,39 +33,27 @@ from twisted.web import resource, server
 
 from sipha import __version__
 from sipha.dialog import DialogState
-from sipha.probing import Prober
 
 if TYPE_CHECKING:
-    from sipha.service import SIPService
+    from sipha.control import Control
 
-__all__ = ["SiphaCollector", "counters", "metrics_service", "probers", "registry"]
+__all__ = ["SiphaCollector", "counters", "metrics_service", "registry"]
 
 _LIVE_STATES = tuple(s.name.lower() for s in DialogState if s is not DialogState.DELETED)
 
 
-def probers(sip: SIPService) -> list[Prober]:
-    """The probers running under the service (they are its TimerService children)."""
-    found = []
-    for child in sip:
-        call = getattr(child, "call", None)
-        owner = getattr(call[0], "__self__", None) if call else None
-        if isinstance(owner, Prober):
-            found.append(owner)
-    return found
-
-
-def counters(sip: SIPService) -> dict[str, Any]:
+def counters(control: Control) -> dict[str, Any]:
     """Everything sipha counts, as plain JSON-able data (``sipha-ctl counters``)."""
-    core = sip.core
+    core = control.core
     if core is None:
         return {}
     states = Counter(d.state.name.lower() for d in core.dialogs)
     probes: dict[str, dict[str, dict[str, int]]] = {}
-    for prober in probers(sip):
+    for prober in control.probers:
         per_uri = probes.setdefault(prober.name, {})
         for (uri, outcome), count in sorted(prober.results.items()):
             per_uri.setdefault(uri, {"ok": 0, "failed": 0})[outcome] = count
-    store = getattr(sip.control, "store", None)
+    store = control.store
     return {
         "requests_received": dict(sorted(core.requests_received.items())),
         "responses_received": {str(k): v for k, v in sorted(core.responses_received.items())},
@@ -73,6 +61,7 @@ def counters(sip: SIPService) -> dict[str, Any]:
         "requests_forwarded": core.stats["requests_forwarded"],
         "requests_dropped": core.stats["requests_dropped"],
         "responses_dropped": core.stats["responses_dropped"],
+        "responses_forwarded_statelessly": core.stats["responses_forwarded_statelessly"],
         "parse_errors": core.stats["parse_errors"],
         "calls_shed": core.stats["calls_shed"],
         "overloaded": int(core.shedding),
@@ -80,23 +69,23 @@ def counters(sip: SIPService) -> dict[str, Any]:
         "dialogs": {name: states[name] for name in _LIVE_STATES},
         "probes": probes,
         "dialog_store": dict(store.stats) if store is not None else None,
+        "role": control.ha.role if control.ha is not None else None,
     }
 
 
 class SiphaCollector(Collector):
     """Reads one snapshot per scrape; Prometheus sees each scrape as one instant."""
 
-    def __init__(self, sip: SIPService):
-        self.sip = sip
+    def __init__(self, control: Control):
+        self.control = control
 
     def collect(self) -> Iterator[Metric]:
-        sip = self.sip
         info = GaugeMetricFamily("sipha_info", "sipha's version", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
-        if sip.core is None or sip.control is None:
+        if self.control.core is None:
             return
-        snap = counters(sip)
+        snap = counters(self.control)
 
         def family(kind: type, name: str, text: str, label: str, values: dict[str, int]) -> Metric:
             metric = kind(name, text, labels=[label])
@@ -147,8 +136,18 @@ class SiphaCollector(Collector):
         )
         yield CounterMetricFamily(
             "sipha_responses_dropped",
-            "Responses matching no transaction (strays)",
+            "Responses matching no transaction and not for another hop (strays)",
             value=snap["responses_dropped"],
+        )
+        yield CounterMetricFamily(
+            "sipha_responses_forwarded_statelessly",
+            "Responses matching no transaction, forwarded by their next Via (RFC 3261 16.11)",
+            value=snap["responses_forwarded_statelessly"],
+        )
+        yield GaugeMetricFamily(
+            "sipha_active",
+            "1 while this node is the active one of its pair (it owns the calls)",
+            value=int(snap["role"] == "active"),
         )
         yield CounterMetricFamily(
             "sipha_parse_errors", "Messages that could not be parsed", value=snap["parse_errors"]
@@ -182,8 +181,7 @@ class SiphaCollector(Collector):
         yield from self._store(snap["dialog_store"])
 
     def _destinations(self) -> Iterator[Metric]:
-        control = self.sip.control
-        assert control is not None
+        control = self.control
         lb_up = GaugeMetricFamily(
             "sipha_lb_destination_up",
             "1 if the load balancer may choose the destination",
@@ -243,10 +241,10 @@ class SiphaCollector(Collector):
         )
 
 
-def registry(sip: SIPService) -> CollectorRegistry:
+def registry(control: Control) -> CollectorRegistry:
     """sipha's metrics plus the process's own (memory, CPU, file descriptors, GC)."""
     reg = CollectorRegistry(auto_describe=False)
-    for collector in (SiphaCollector(sip), PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    for collector in (SiphaCollector(control), PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
         reg.register(collector)
     return reg
 
@@ -283,8 +281,8 @@ class _QuietSite(server.Site):
         pass
 
 
-def metrics_service(sip: SIPService, listen: str, reactor: Any = None) -> service.IService:
+def metrics_service(control: Control, listen: str, reactor: Any = None) -> service.IService:
     """``/metrics`` on the ``[metrics] listen`` endpoint, e.g. ``tcp:9260:interface=127.0.0.1``."""
     root = _Root()
-    root.putChild(b"metrics", MetricsPage(registry(sip)))
+    root.putChild(b"metrics", MetricsPage(registry(control)))
     return strports.service(listen, _QuietSite(root), reactor=reactor)

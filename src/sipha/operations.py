@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sipha.config import Config, ConfigError
 from sipha.logs import Log
 
 if TYPE_CHECKING:
-    from sipha.service import SIPService
+    from twisted.application.service import MultiService
+
+    from sipha.control import Control
 
 log = Log(namespace="sipha.operations")
 
@@ -65,8 +67,8 @@ def check(config: Config) -> None:
             raise ConfigError(error.key, error.problem) from None
 
 
-def add_operations(sip: SIPService) -> None:
-    """Add the Manhole, the control socket and ``/metrics`` to ``sip``, as configured.
+def add_operations(parent: MultiService, control: Control, reactor: Any) -> None:
+    """Add the Manhole, the control socket and ``/metrics`` to ``parent``, as configured.
 
     The control socket is always served (its path defaults per user, see
     ``sipha.ctl.default_socket_path``); the Manhole only when enabled, the
@@ -74,9 +76,7 @@ def add_operations(sip: SIPService) -> None:
     """
     from sipha.control_server import ControlService
 
-    assert sip.control is not None
-    sip.control.core = sip.core
-    config, reactor = sip.config, sip.reactor
+    config = control.config
     if config.manhole.enabled:
         from sipha.manhole import manhole_services
 
@@ -86,10 +86,10 @@ def add_operations(sip: SIPService) -> None:
                 " password in runs code inside sipha",
                 listen=config.manhole.listen,
             )
-        for child in manhole_services(sip, reactor):
-            child.setServiceParent(sip)
-    ControlService(sip, reactor).setServiceParent(sip)
+        for child in manhole_services(control, reactor):
+            child.setServiceParent(parent)
+    ControlService(control, reactor).setServiceParent(parent)
     if config.metrics.listen:
         from sipha.metrics import metrics_service
 
-        metrics_service(sip, config.metrics.listen, reactor).setServiceParent(sip)
+        metrics_service(control, config.metrics.listen, reactor).setServiceParent(parent)

@@ -38,6 +38,11 @@ class Prober:
 
     A destination with a probe still in flight is skipped, so a slow server is
     never sent a second probe before the first has been answered or timed out.
+    ``local`` is the listener probes leave from (the node's own address in a
+    pair, ``[ha] node_address``); None lets the core choose, as for calls.
+    While not ``active`` (a passive node with no address of its own) no round
+    is sent: its probes would leave from the virtual IP and their replies
+    would reach the other node.
     """
 
     def __init__(
@@ -50,6 +55,7 @@ class Prober:
         method: str = "OPTIONS",
         from_uri: str = "sip:prober@localhost",
         timeout: float | None = None,
+        local: Any = None,
     ):
         self.name = name
         self.core = core
@@ -57,6 +63,8 @@ class Prober:
         self.interval = interval
         self.method = method
         self.from_uri = from_uri
+        self.local = local
+        self.active = True
         # A probe must be decided before the next one is due.
         self.timeout = min(timeout or core.layer.timers.fr_timer, interval)
         self.pending: dict[str, ClientTransaction] = {}
@@ -72,6 +80,8 @@ class Prober:
 
     def probe_all(self) -> None:
         """One round. It never raises: an exception would stop the LoopingCall for good."""
+        if not self.active:
+            return
         try:
             for uri in self.module.probe_targets():
                 if uri not in self.pending:
@@ -89,7 +99,9 @@ class Prober:
             to_uri=uri,
             call_id=f"{self.name}-probe-{n}-{self.core.instance_id}@sipha",
         )
-        transaction = self.core.send_request(request, uri, _ProbeUser(self, uri), self.timeout)
+        transaction = self.core.send_request(
+            request, uri, _ProbeUser(self, uri), self.timeout, local=self.local
+        )
         if transaction is None:
             self._result(uri, None)
         else:

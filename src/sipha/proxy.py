@@ -11,7 +11,13 @@ next target takes the call (serial failover); the caller sees only the final
 outcome. A response that matches no client transaction but carries sipha's
 Via on top is forwarded statelessly (§16.7 step 1, §16.11): after a takeover
 the other node of the pair holds the transactions, and the answer must still
-reach the caller.
+reach the caller. Likewise a CANCEL for a ringing call taken over, and the ACK
+of its final non-2xx reply, go statelessly on the branch the other node used
+(§16.10), so the media server matches them to its INVITE.
+
+In a pair, a passive node's core takes nothing in but on its own address
+(``node_listener``, where probe replies and health checks arrive): the
+virtual IP's traffic is the active node's.
 
 Sans-IO: the clock and the ``send`` callable are injected; nothing here knows
 about sockets or the reactor.
@@ -23,7 +29,7 @@ import hashlib
 import re
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from sipha.dialog import Dialog, Dialogs
@@ -102,6 +108,9 @@ class ProxyCore:
     ``listeners`` are sipha's own addresses (objects with ``transport``,
     ``host`` and ``port``); they decide what "a Route to me" is, and which
     address goes into Via and Record-Route on each outbound transport.
+    ``node_listener`` is the node's own address in a pair: it is appended to
+    them, but carries only sipha's own requests (probes) and OPTIONS to
+    sipha itself.
     """
 
     def __init__(
@@ -112,6 +121,7 @@ class ProxyCore:
         route: Route,
         timers: TimerSettings,
         *,
+        node_listener: Any = None,
         max_message_size: int = 65535,
         dialog_timeout: float = 43200.0,
         helpers_factory: Any = None,
@@ -119,6 +129,13 @@ class ProxyCore:
         self.clock = clock
         self.send = send
         self.listeners = list(listeners)
+        self.node_listener = node_listener
+        if node_listener is not None:
+            self.listeners.append(node_listener)
+        #: Set while the node is the passive one of a pair: see :meth:`set_passive`.
+        self.passive = False
+        # Ringing calls taken over: (Call-ID, From tag) -> (peer, listener, branch, until).
+        self._adopted: dict[tuple[str, str], tuple[Peer, Any, str, float]] = {}
         self.route = route
         self.max_message_size = max_message_size
         # Transaction and dialog timers share one wheel: one reactor call for all.
@@ -180,9 +197,48 @@ class ProxyCore:
                 return listener
         return None
 
+    # -- the node's role in a pair -------------------------------------------------
+    def set_passive(self, passive: bool) -> None:
+        """Passive: take nothing in but on the node's own address, and forget every call.
+
+        The transactions of calls stop without a word (their timers, their
+        retransmissions); the node's own (probes) go on.
+        """
+        self.passive = passive
+        if passive:
+            self.layer.clear(keep=lambda transaction: transaction.local == self.node_listener)
+            self._adopted.clear()
+
+    def adopt_branches(self, dialogs: Iterable[Dialog]) -> None:
+        """Ringing calls taken over: where their INVITE went, and on which branch.
+
+        This node has no transaction for them, so a CANCEL from the caller and
+        the ACK of the final non-2xx reply that follows are forwarded
+        statelessly (§16.10, §16.11) on the other node's branch, until the
+        call could no longer be ringing (its dialog's ``timeout_at``) and its
+        final reply retransmitted (64*T1 more).
+        """
+        now = self.clock.seconds()
+        linger = 64 * self.layer.timers.t1
+        self._adopted = {k: v for k, v in self._adopted.items() if v[3] > now}
+        for dialog in dialogs:
+            hop = self._hop_for(dialog.destination) if dialog.destination else None
+            if hop is not None and dialog.branch:
+                until = dialog.timeout_at + linger
+                self._adopted[(dialog.call_id, dialog.from_tag)] = (*hop, dialog.branch, until)
+
+    def _adopted_branch(self, request: Request) -> tuple[Peer, Any, str, float] | None:
+        adopted = self._adopted.get((request.call_id, request.from_tag or ""))
+        if adopted is None or adopted[3] <= self.clock.seconds():
+            return None
+        return adopted
+
     # -- input ---------------------------------------------------------------------
     def receive(self, data: bytes, source: Peer, local: Any) -> None:
         """Handle one datagram or one framed stream message."""
+        if self.passive and local != self.node_listener:
+            self.stats["dropped_while_passive"] += 1
+            return
         if not data.strip(b"\r\n"):
             return  # keep-alive
         try:
@@ -192,7 +248,7 @@ class ProxyCore:
             return
         if isinstance(message, Response):
             self.responses_received[message.status] += 1
-            self._on_response(message)
+            self._on_response(message, local)
         else:
             self.requests_received[message.method] += 1
             self._on_request(message, source, local)
@@ -239,12 +295,12 @@ class ProxyCore:
         self.layer.responses_sent[status] += 1
         self.send(response.serialize(), peer, local)
 
-    def _on_response(self, response: Response) -> None:
+    def _on_response(self, response: Response, local: Any) -> None:
         transaction = self.layer.match_response(response)
         if transaction is not None:
             transaction.receive_response(response)
         elif self._is_own_via(response.top_via):
-            self._forward_response_statelessly(response)
+            self._forward_response_statelessly(response, local)
         else:
             self.stats["responses_dropped"] += 1
 
@@ -252,7 +308,7 @@ class ProxyCore:
         """Did sipha write this Via? Its sent-by is a listener's (always with the port)."""
         return (via.host, via.port) in self._local
 
-    def _forward_response_statelessly(self, response: Response) -> None:
+    def _forward_response_statelessly(self, response: Response, local: Any) -> None:
         """A response to a request this node holds no transaction for, sent on by its Via.
 
         §16.7 step 1 and §16.11: the typical one is a media server's 200
@@ -275,6 +331,20 @@ class ProxyCore:
         self.stats["responses_forwarded_statelessly"] += 1
         self.layer.responses_sent[response.status] += 1
         self.send(response.serialize(), *hop)
+        if response.cseq_method == "INVITE":
+            self._taken_over_call_answered(response, local)
+
+    def _taken_over_call_answered(self, response: Response, local: Any) -> None:
+        """A ringing call taken over gets its answer: its dialog is up, or over."""
+        dialog = self.dialogs.find(response.call_id, response.from_tag or "")
+        if dialog is None:
+            return
+        if response.status < 200:
+            self.dialogs.provisional(dialog, response)
+        elif response.status < 300:
+            self.dialogs.answered(dialog, response, self.socket_text(local))
+        else:
+            self.dialogs.failed(dialog)
 
     def _response_hop(self, via: Via) -> tuple[Peer, Any] | None:
         """Where a response goes by its Via (§18.2.2, RFC 3581), and the listener it leaves from."""
@@ -305,6 +375,14 @@ class ProxyCore:
         if request.method == "OPTIONS" and self._addressed_to_sipha(request):
             self._answer_options(request, source, local)
             return
+        if local == self.node_listener:
+            self.stats["requests_dropped"] += 1  # calls come to the virtual IP
+            return
+        if self._adopted and request.method in ("CANCEL", "ACK") and not request.has("route"):
+            adopted = self._adopted_branch(request)
+            if adopted is not None and not self.has_invite_transaction(request):
+                self._forward_on_adopted_branch(request, adopted)
+                return
         if self.shedding and request.method == "INVITE" and request.to_tag is None:
             # §21.5.4; stateless, so that refusing costs next to nothing.
             self.stats["calls_shed"] += 1
@@ -337,6 +415,18 @@ class ProxyCore:
             self._cancel(request, source, local)
         else:
             self._relay(request, source, local, decision, loop_key)
+
+    def _forward_on_adopted_branch(
+        self, request: Request, adopted: tuple[Peer, Any, str, float]
+    ) -> None:
+        """A CANCEL, or the ACK of a non-2xx, of a call taken over while it rang (§16.11)."""
+        peer, local, branch, _ = adopted
+        if not self.helpers.max_forwards(request):
+            self.stats["requests_dropped"] += 1
+            return
+        request.insert("Via", self.via_for(local, branch))
+        self.stats["requests_forwarded"] += 1
+        self.send(request.serialize(), peer, local)
 
     def _addressed_to_sipha(self, request: Request) -> bool:
         """An out-of-dialog request for sipha itself: its Request-URI is a listener, no user.
@@ -443,16 +533,25 @@ class ProxyCore:
         return Peer(uri.transport, host, uri.effective_port), local
 
     def send_request(
-        self, request: Request, target: str | None, user: ClientUser, timeout: float | None = None
+        self,
+        request: Request,
+        target: str | None,
+        user: ClientUser,
+        timeout: float | None = None,
+        local: Any = None,
     ) -> ClientTransaction | None:
         """Send a request of sipha's own (a probe, a BYE) statefully.
 
         ``target`` is the next hop; None means the request's own Route or R-URI.
+        ``local`` is the listener to send from when it suits the hop's
+        transport and family (a probe from the node's own address).
         """
         hop = self.next_hop(target, request)
         if hop is None:
             return None
-        peer, local = hop
+        peer, chosen = hop
+        if local is None or local.transport != peer.transport or local.family != chosen.family:
+            local = chosen
         branch = f"{BRANCH_COOKIE}{self.next_branch_id()}"
         request.insert("Via", self.via_for(local, branch))
         transaction = ClientTransaction(self.layer, request, peer, local, user, timeout)
@@ -560,13 +659,11 @@ class ProxyContext:
                     call_id=self.request.call_id,
                 )
                 continue
-            if self.dialog is not None:
-                self.dialog.destination = target
-            self._fork(*hop)
+            self._fork(target, *hop)
             return True
         return False
 
-    def _fork(self, peer: Peer, local: Any) -> None:
+    def _fork(self, target: str | None, peer: Peer, local: Any) -> None:
         incoming = self.request
         out = Request(incoming.method, incoming.uri, list(incoming.headers), incoming.body)
         out.call_id, out.cseq, out.cseq_method = (
@@ -580,6 +677,8 @@ class ProxyContext:
                 out.insert("Record-Route", entry, index)
         branch = f"{self.branch_prefix}{len(self.branches)}"
         out.insert("Via", self.core.via_for(local, branch))
+        if self.dialog is not None:
+            self.core.dialogs.forked(self.dialog, target, branch)
         transaction = ClientTransaction(self.core.layer, out, peer, local, self, branch=branch)
         self.branches.append(transaction)
         if log.debugging:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import signal
+import socket
 import threading
 import time
 from typing import Any
@@ -13,14 +14,16 @@ from twisted.internet import defer
 
 from sipha import __version__
 from sipha.balancer import LoadBalancer
-from sipha.config import Config
+from sipha.config import Config, ListenAddress
 from sipha.control import Control
 from sipha.dialog_store import DialogStore
 from sipha.dispatcher import Dispatcher
+from sipha.ha import AddressWatch, HighAvailability
 from sipha.logs import Log, set_level
 from sipha.operations import add_operations
 from sipha.probing import Prober
 from sipha.proxy import OverloadGuard, ProxyCore
+from sipha.replication import Outbox, ReplicationLink, WarmCopy
 from sipha.routing import RouteHelpers
 from sipha.store import Database
 from sipha.transaction import TimerSettings
@@ -44,6 +47,18 @@ def build_modules(config: Config) -> tuple[Dispatcher, LoadBalancer]:
     return dispatcher, balancer
 
 
+def node_listener(config: Config) -> ListenAddress | None:
+    """The node's own address in a pair (``[ha] node_address``): probes leave from it.
+
+    UDP, on the port of the first UDP listener (5060 without one), so media
+    servers see probes from each node on the port they see calls from.
+    """
+    if not config.ha.node_address:
+        return None
+    ports = [lst.port for lst in config.proxy.listen if lst.transport == "udp"]
+    return ListenAddress("udp", config.ha.node_address, ports[0] if ports else 5060)
+
+
 def build_core(
     config: Config, clock: Any, send: Any, modules: tuple[Dispatcher, LoadBalancer] | None = None
 ) -> ProxyCore:
@@ -60,6 +75,7 @@ def build_core(
         config.proxy.listen,
         config.route.load_function(),
         TimerSettings(timers.t1, timers.t2, timers.t4, timers.fr_timer, timers.fr_inv_timer),
+        node_listener=node_listener(config),
         max_message_size=config.proxy.max_message_size,
         dialog_timeout=config.dialog.default_timeout,
         helpers_factory=helpers,
@@ -120,7 +136,10 @@ class SIPService(service.MultiService):
         self.database: Database | None = None
         self.store: DialogStore | None = None
         self.control: Control | None = None
+        self.ha: HighAvailability | None = None
+        self.address_watch: AddressWatch | None = None
         self.ready: defer.Deferred[None] = defer.Deferred()
+        self._tables: defer.Deferred[None] = defer.succeed(None)
 
     @property
     def reactor(self) -> Any:
@@ -131,31 +150,77 @@ class SIPService(service.MultiService):
         return self._reactor
 
     def startService(self) -> None:  # noqa: N802
-        config = self.config
+        config, reactor = self.config, self.reactor
         set_level(config.log.level)
         tune_garbage_collector()
         dispatcher, balancer = build_modules(config)
-        self.transports = Transports(self.reactor, config.proxy.max_message_size)
-        self.core = build_core(config, self.reactor, self.transports.send, (dispatcher, balancer))
-        self.transports.core = self.core
+        self.transports = Transports(reactor, config.proxy.max_message_size)
+        self.core = core = build_core(config, reactor, self.transports.send, (dispatcher, balancer))
+        self.transports.core = core
         try:
-            for listener in config.proxy.listen:
+            for listener in core.listeners:
                 self.transports.listen(listener, config.proxy.udp_receive_buffer)
         except ListenError as error:
             # One line, not a traceback: the usual cause is another sipha running.
             raise SystemExit(f"sipha: {error}") from None
-        self.database = Database(config.database.resolved_url, self.reactor)
-        dialogs = self.core.dialogs
+        self.database = Database(
+            config.database.resolved_url,
+            reactor,
+            owner=config.ha.node_address or socket.gethostname(),
+        )
         self.store = DialogStore(
             self.database,
-            self.reactor,
+            reactor,
             config.dialog.db_mode,
             update_period=config.dialog.db_update_period,
             max_queue=config.dialog.queue_limit,
-            live=dialogs,
+            live=core.dialogs,
         )
-        dialogs.observer = self.store
-        self.control = Control(config, self.database, dispatcher, balancer, dialogs, self.store)
+        self.control = control = Control(
+            config, self.database, dispatcher, balancer, core.dialogs, self.store
+        )
+        control.core = core
+        control.probers = self._start_probers(dispatcher, balancer)
+        timers = config.timers
+        self.ha = control.ha = HighAvailability(
+            reactor,
+            core,
+            balancer,
+            virtual_ips=config.ha.virtual_ip,
+            store=self.store,
+            probers=control.probers,
+            early_lifetime=timers.fr_timer + timers.fr_inv_timer,
+            tables_loaded=lambda: _when_done(self._tables),
+        )
+        core.dialogs.observers = (self.store,)
+        if config.ha.peer:
+            self._link(self.ha)
+        # Linux doubles the buffer asked for; stay below what it can hold.
+        high = min(OVERLOAD_QUEUE, config.proxy.udp_receive_buffer)
+        for interval, call, args in (
+            (GC_FULL_INTERVAL, collect_old_garbage, ()),
+            (OVERLOAD_CHECK_INTERVAL, self._watch_overload, (OverloadGuard(high, high // 8),)),
+        ):
+            timer = internet.TimerService(interval, call, *args)
+            timer.clock = reactor
+            timer.setServiceParent(self)
+        # Operations: Manhole, control socket, /metrics, as configured.
+        add_operations(self, control, reactor)
+        super().startService()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, self._on_sighup)
+        self._tables = defer.ensureDeferred(self._load_tables())
+        _when_done(self._tables).chainDeferred(self.ready)
+        self.ha.start()
+        if config.ha.virtual_ip:
+            self.address_watch = AddressWatch(reactor, config.ha.virtual_ip, self.ha.vip_changed)
+            self.address_watch.start()
+        log.info("sipha {version} started with {config}", version=__version__, config=config.path)
+
+    def _start_probers(self, dispatcher: Dispatcher, balancer: LoadBalancer) -> list[Prober]:
+        """A prober per module with an interval, from the node's own address if it has one."""
+        config, core = self.config, self.core
+        probers = []
         for name, module, settings, interval in (
             ("dispatcher", dispatcher, config.dispatcher, config.dispatcher.ping_interval),
             (
@@ -169,28 +234,40 @@ class SIPService(service.MultiService):
                 method = getattr(settings, "ping_method", None) or settings.probing_method
                 from_uri = getattr(settings, "ping_from", None) or settings.probing_from
                 prober = Prober(
-                    name, self.core, module, interval=interval, method=method, from_uri=from_uri
+                    name,
+                    core,
+                    module,
+                    interval=interval,
+                    method=method,
+                    from_uri=from_uri,
+                    local=core.node_listener,
                 )
                 prober.service(self.reactor).setServiceParent(self)
-        # Linux doubles the buffer asked for; stay below what it can hold.
-        high = min(OVERLOAD_QUEUE, config.proxy.udp_receive_buffer)
-        for interval, call, args in (
-            (GC_FULL_INTERVAL, collect_old_garbage, ()),
-            (OVERLOAD_CHECK_INTERVAL, self._watch_overload, (OverloadGuard(high, high // 8),)),
-        ):
-            timer = internet.TimerService(interval, call, *args)
-            timer.clock = self.reactor
-            timer.setServiceParent(self)
-        # Operations: Manhole, control socket, /metrics, as configured.
-        add_operations(self)
-        super().startService()
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGHUP, self._on_sighup)
-        defer.ensureDeferred(self._load_tables()).chainDeferred(self.ready)
-        log.info("sipha {version} started with {config}", version=__version__, config=config.path)
+                probers.append(prober)
+        return probers
 
-    async def _load_tables(self, dialogs: bool = True) -> None:
-        """Create missing tables, take the destinations from them, then the calls in progress.
+    def _link(self, ha: HighAvailability) -> None:
+        """The replication link to the other node, and the dialogs' stream to it."""
+        assert self.core is not None
+        settings = self.config.ha
+        warm = WarmCopy(self.reactor)
+        outbox = Outbox(self.core.dialogs)
+        link = ReplicationLink(
+            self.reactor,
+            settings.node_address,
+            settings.peer,
+            settings.replication_port,
+            outbox,
+            warm,
+            role=lambda: ha.role or "passive",
+            on_peer_role=ha.peer_role_changed,
+        )
+        link.setServiceParent(self)
+        ha.attach(warm, link)
+        self.core.dialogs.observers += (outbox,)
+
+    async def _load_tables(self) -> None:
+        """Create missing tables and take the destinations from them.
 
         The proxy routes on the config lists meanwhile; a database that is down
         is logged and leaves them in place: routing never waits for it.
@@ -200,8 +277,6 @@ class SIPService(service.MultiService):
         try:
             await self.database.create_schema()
             await self.control.reload()
-            if dialogs:
-                await self.control.reload_dialogs()
         except Exception as error:
             log.error(
                 "database {database}: {error}; routing on the config file's destinations",
@@ -227,12 +302,14 @@ class SIPService(service.MultiService):
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
         """``kill -HUP`` reloads the destination tables, like an MI ``ds_reload``/``lb_reload``."""
-        self.reactor.callFromThread(lambda: defer.ensureDeferred(self._load_tables(dialogs=False)))
+        self.reactor.callFromThread(lambda: defer.ensureDeferred(self._load_tables()))
 
     def stopService(self) -> defer.Deferred[None]:  # noqa: N802
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        if self.address_watch is not None:
+            self.address_watch.stop()
         await super().stopService()
         if self.transports is not None:
             await self.transports.stop()
@@ -240,6 +317,18 @@ class SIPService(service.MultiService):
             await self.store.stop()
         if self.database is not None:
             self.database.close()
+
+
+def _when_done(work: defer.Deferred[Any]) -> defer.Deferred[None]:
+    """A new Deferred that fires (with None) once ``work`` has, leaving ``work``'s result alone."""
+    done: defer.Deferred[None] = defer.Deferred()
+
+    def fire(result: Any) -> Any:
+        done.callback(None)
+        return result
+
+    work.addBoth(fire)
+    return done
 
 
 def make_service(config: Config) -> service.IService:

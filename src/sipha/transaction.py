@@ -484,6 +484,12 @@ class TransactionLayer:
         self.responses_sent: Counter[int] = Counter()
         self.clients: dict[tuple[Any, ...], ClientTransaction] = {}
 
+    def clear(self, keep: Callable[[ServerTransaction | ClientTransaction], bool]) -> None:
+        """End every transaction but those ``keep`` says, silently (the node became passive)."""
+        for transaction in [*self.servers.values(), *self.clients.values()]:
+            if not keep(transaction):
+                transaction.terminate()
+
     def find_server(self, request: Request, method: str | None = None) -> ServerTransaction | None:
         return self.servers.get(server_key(request, method))
 

@@ -16,11 +16,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
+from sipha import ctl
 from sipp import sipha_config, twistd_command
 
 VIP = "198.18.0.10"
@@ -60,42 +61,107 @@ print(s.recvfrom(65535)[0].split(b"\\r\\n")[0].decode())
 """
 
 
-def test_standby_binds_the_virtual_ip_before_owning_it(namespace: str, tmp_path: Path) -> None:
-    config = tmp_path / "sipha.toml"
-    config.write_text(sipha_config(tmp_path, [f"udp:{VIP}:5060", f"tcp:{VIP}:5060"], []))
-    log = tmp_path / "sipha.log"
-    with log.open("wb") as output:
-        sipha = subprocess.Popen(
-            in_namespace(
-                namespace, *twistd_command(), "-n", "--pidfile=", "sipha", "--config", str(config)
-            ),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")},
-        )
-    try:
+@pytest.fixture
+def sipha_in(namespace: str, tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Start sipha inside ``namespace`` on the VIP; returns its log. Stopped by PID at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(sections: Mapping[str, Mapping[str, object]] | None = None) -> Path:
+        config = tmp_path / "sipha.toml"
+        listen = [f"udp:{VIP}:5060", f"tcp:{VIP}:5060"]
+        config.write_text(sipha_config(tmp_path, listen, [], sections=sections))
+        log = tmp_path / "sipha.log"
+        with log.open("wb") as output:
+            started.append(
+                subprocess.Popen(
+                    in_namespace(
+                        namespace,
+                        *twistd_command(),
+                        "-n",
+                        "--pidfile=",
+                        "sipha",
+                        "--config",
+                        str(config),
+                    ),
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")},
+                )
+            )
         deadline = time.monotonic() + 15
-        while f"listening on tcp:{VIP}:5060" not in log.read_text(errors="replace"):
-            assert sipha.poll() is None, log.read_text(errors="replace")
+        while "sipha 0" not in log.read_text(errors="replace"):  # "sipha <version> started"
+            assert started[-1].poll() is None, log.read_text(errors="replace")
             assert time.monotonic() < deadline, log.read_text(errors="replace")
             time.sleep(0.1)
-        # The VIP arrives (heartbeat's IPaddr2 or keepalived would do this).
-        subprocess.run(
-            in_namespace(namespace, "ip", "addr", "add", f"{VIP}/32", "dev", "lo"), check=True
-        )
-        answer = subprocess.run(
-            in_namespace(namespace, sys.executable, "-c", ASK),
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        # An OPTIONS for the VIP itself is sipha's to answer: the health check of the pair.
-        assert answer.stdout.strip() == "SIP/2.0 200 OK", answer.stderr
-        assert sipha.poll() is None
-    finally:
+        return log
+
+    yield start
+    for sipha in started:
         sipha.send_signal(signal.SIGTERM)
         try:
             sipha.wait(timeout=10)
         except subprocess.TimeoutExpired:
             sipha.kill()
             sipha.wait()
+        assert sipha.returncode in (0, -signal.SIGTERM)
+
+
+def ask(namespace: str) -> str:
+    """The first line of sipha's answer to an OPTIONS for the VIP, asked from the VIP."""
+    answer = subprocess.run(
+        in_namespace(namespace, sys.executable, "-c", ASK),
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert answer.returncode == 0, answer.stderr
+    return answer.stdout.strip()
+
+
+def test_standby_binds_the_virtual_ip_before_owning_it(
+    namespace: str, sipha_in: Callable[..., Path]
+) -> None:
+    log = sipha_in()
+    assert f"listening on tcp:{VIP}:5060" in log.read_text()
+    # The VIP arrives (heartbeat's IPaddr2 or keepalived would do this).
+    subprocess.run(
+        in_namespace(namespace, "ip", "addr", "add", f"{VIP}/32", "dev", "lo"), check=True
+    )
+    # An OPTIONS for the VIP itself is sipha's to answer: the health check of the pair.
+    assert ask(namespace) == "SIP/2.0 200 OK"
+
+
+def role_after(change: list[str], namespace: str, socket: Path, wanted: str) -> float:
+    """Seconds from the end of ``ip addr`` ``change`` until sipha says it is ``wanted``."""
+    subprocess.run(in_namespace(namespace, "ip", "addr", *change), check=True)
+    changed = time.monotonic()
+    for _ in range(400):  # 2 s at most
+        if ctl.call(socket, "ha.status", timeout=2)["role"] == wanted:
+            return time.monotonic() - changed
+        time.sleep(0.005)
+    raise AssertionError(f"sipha did not become {wanted} within 2 s")
+
+
+def test_the_role_follows_the_virtual_ip_within_100_ms(
+    namespace: str, sipha_in: Callable[..., Path], tmp_path: Path
+) -> None:
+    """keepalived or heartbeat moves the VIP; sipha sees it at once (netlink), no hook needed."""
+    node = "198.18.0.11"
+    subprocess.run(
+        in_namespace(namespace, "ip", "addr", "add", f"{node}/32", "dev", "lo"), check=True
+    )
+    sipha_in({"ha": {"virtual_ip": VIP, "node_address": node}})
+    socket = tmp_path / "control.sock"
+    status = ctl.call(socket, "ha.status")
+    assert (status["role"], status["virtual_ip"]) == ("passive", [VIP])
+
+    vip = [f"{VIP}/32", "dev", "lo"]
+    assert role_after(["add", *vip], namespace, socket, "active") < 0.1
+    assert ask(namespace) == "SIP/2.0 200 OK"
+    assert role_after(["del", *vip], namespace, socket, "passive") < 0.1
+
+    # The same transitions on command, as keepalived's notify script gives them.
+    assert ctl.main(["--socket", str(socket), "ha", "active"]) == 0
+    assert ctl.call(socket, "ha.status")["role"] == "active"
+    assert ctl.main(["--socket", str(socket), "--json", "ha", "passive"]) == 0
+    assert ctl.call(socket, "ha.status")["role"] == "passive"

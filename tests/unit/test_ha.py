@@ -1,0 +1,160 @@
+"""The node's role: what becoming passive and becoming active do to the live objects (sans-IO)."""
+
+from __future__ import annotations
+
+from proxykit import CALLER, CONFIG, UDP_IN, Sent, Wire, invite, make_proxy, reply
+from test_probing import Module
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+
+from sipha.config import ListenAddress
+from sipha.dialog import DialogState
+from sipha.ha import HighAvailability, Role, is_local_address
+from sipha.message import Response
+from sipha.probing import Prober
+from sipha.proxy import ProxyCore
+from sipha.replication import Outbox, WarmCopy
+from sipha.transaction import Peer
+
+NODE = ListenAddress("udp", "127.0.0.2", 5060)
+FS = "sip:127.0.0.1:5071"
+
+
+def node(node_address: bool = True) -> tuple[ProxyCore, Clock, Wire, HighAvailability, Prober]:
+    """A core with its role, and a prober on the node's own address if it has one."""
+    text = CONFIG + ('[ha]\nnode_address = "127.0.0.2"\n' if node_address else "")
+    core, clock, wire = make_proxy(text)
+    prober = Prober("lb", core, Module([FS]), interval=5, local=core.node_listener)
+    ha = HighAvailability(clock, core, core.helpers.balancer, probers=[prober], early_lifetime=40)
+    return core, clock, wire, ha, prober
+
+
+def load(core: ProxyCore) -> int:
+    return sum(r["load"] for d in core.helpers.balancer.list() for r in d["resources"])
+
+
+def ring(core: ProxyCore, wire: Wire, n: int, answer: bool) -> Sent:
+    """A call through ``core``, ringing or answered; returns its INVITE as forwarded."""
+    core.receive(invite(call_id=f"call-{n}", branch=f"z9hG4bK-{n}"), CALLER, UDP_IN)
+    sent = wire.sent[-1]
+    core.receive(reply(sent.message, 180), sent.peer, UDP_IN)
+    if answer:
+        core.receive(reply(sent.message, 200), sent.peer, UDP_IN)
+    wire.take()
+    return sent
+
+
+def test_becoming_passive_forgets_every_call_without_sending_anything():
+    core, clock, wire, ha, _ = node()
+    ha.set_role(Role.ACTIVE, "test")
+    ring(core, wire, 1, answer=True)
+    ring(core, wire, 2, answer=False)
+    assert load(core) == 2
+
+    ha.set_role(Role.PASSIVE, "test")
+    assert (len(core.dialogs), load(core)) == (0, 0)
+    clock.advance(43200)  # every timer of theirs (retransmissions, fr_inv_timer, dialog timeout)
+    assert wire.take() == []
+    assert ha.status()["role"] == "passive"
+
+
+def test_a_passive_node_probes_from_its_own_address_and_answers_only_there():
+    core, _, wire, ha, prober = node()
+    ha.set_role(Role.PASSIVE, "test")
+    prober.probe_all()
+    (probe,) = wire.take()
+    assert (probe.local, probe.message.top_via.host) == (NODE, "127.0.0.2")
+    core.receive(reply(probe.message, 200), Peer("udp", "127.0.0.1", 5071), NODE)
+    assert prober.results[(FS, "ok")] == 1
+
+    core.receive(invite(), CALLER, UDP_IN)  # the virtual IP's traffic is not this node's
+    options = invite(method="OPTIONS", uri="sip:127.0.0.2:5060")
+    core.receive(options, CALLER, NODE)  # a health check on the node's own address
+    (answer,) = wire.take()
+    assert isinstance(answer.message, Response)
+    assert answer.message.status == 200
+    core.receive(invite(uri="sip:service@127.0.0.2:5060"), CALLER, NODE)
+    assert wire.take() == []  # calls come to the virtual IP only
+
+
+def test_a_passive_node_without_an_address_of_its_own_does_not_probe():
+    _, _, wire, ha, prober = node(node_address=False)
+    ha.set_role(Role.PASSIVE, "test")
+    prober.probe_all()
+    assert wire.take() == []
+    ha.set_role(Role.ACTIVE, "test")
+    prober.probe_all()
+    assert [s.message.method for s in wire.take()] == ["OPTIONS"]
+
+
+def test_the_role_follows_the_virtual_ip_and_a_repeated_role_changes_nothing():
+    _, clock, _, ha, _ = node()
+    ha.vip_changed(True)
+    since = ha.since
+    clock.advance(5)
+    ha.set_role("active", "sipha-ctl")  # already active: no second takeover
+    assert (ha.role, ha.since) == (Role.ACTIVE, since)
+    ha.vip_changed(False)
+    assert (ha.role, ha.since) == (Role.PASSIVE, 5)
+
+
+def test_ringing_calls_taken_over_hold_their_units_until_answered_or_too_old():
+    active, _, active_wire, active_ha, _ = node()
+    active_ha.set_role(Role.ACTIVE, "test")
+    outbox = Outbox(active.dialogs)
+    outbox.enabled = True
+    active.dialogs.observers = (outbox,)
+    ring(active, active_wire, 1, answer=False)
+    ring(active, active_wire, 2, answer=True)
+    standby, clock, wire, ha, _ = node()
+    ha.set_role(Role.PASSIVE, "test")
+    warm = WarmCopy(clock)
+    ha.attach(warm, None)
+    for line in outbox.snapshot():
+        warm.receive(line)
+
+    ha.set_role(Role.ACTIVE, "the virtual IP is on this host")
+    states = {d.call_id: d.state for d in standby.dialogs}
+    assert states == {"call-1": DialogState.EARLY, "call-2": DialogState.CONFIRMED_NA}
+    assert load(standby) == 2
+    assert ha.status()["last_takeover"]["from_standby"] == 2
+    clock.advance(40)  # early_lifetime: the ringing call was never answered
+    assert [d.call_id for d in standby.dialogs] == ["call-2"]
+    assert load(standby) == 1
+    assert wire.take() == []  # no BYE for a call that never came up
+
+
+def test_a_ringing_call_taken_over_and_answered_outlives_its_ringing_time():
+    active, _, active_wire, active_ha, _ = node()
+    active_ha.set_role(Role.ACTIVE, "test")
+    outbox = Outbox(active.dialogs)
+    outbox.enabled = True
+    active.dialogs.observers = (outbox,)
+    invite_sent = ring(active, active_wire, 1, answer=False)
+    standby, clock, wire, ha, _ = node()
+    warm = WarmCopy(clock)
+    ha.attach(warm, None)
+    for line in outbox.snapshot():
+        warm.receive(line)
+    ha.set_role(Role.ACTIVE, "the virtual IP is on this host")
+
+    standby.receive(reply(invite_sent.message, 200), invite_sent.peer, UDP_IN)
+    assert [s.peer for s in wire.take()] == [CALLER]
+    clock.advance(100)
+    (dialog,) = standby.dialogs
+    assert dialog.state is DialogState.CONFIRMED_NA
+    assert load(standby) == 1
+
+
+def test_the_other_node_saying_it_is_active_too_is_logged():
+    _, _, _, ha, _ = node()
+    ha.set_role(Role.ACTIVE, "test")
+    with capturedLogs() as events:
+        ha.peer_role_changed("active")
+    assert any("both nodes are active" in event["log_format"] for event in events)
+
+
+def test_is_local_address_asks_the_kernel():
+    assert is_local_address("127.0.0.1")
+    assert is_local_address("::1")
+    assert not is_local_address("198.18.255.254")
