@@ -5,7 +5,7 @@ the peer it came from and the listener it arrived on. Outbound,
 :class:`Transports` implements the core's ``send(data, peer, local)``: UDP
 leaves from the listener's own socket (so replies come back to it), TCP reuses
 the connection a peer already has with sipha, in either direction (RFC 3261
-§18), and opens one only when there is none.
+§18), and opens one, from the listener's address, only when there is none.
 """
 
 from __future__ import annotations
@@ -272,5 +272,11 @@ class Transports:
                 del self.connections[(peer.host, peer.port)]
 
         factory.clientConnectionFailed = failed  # type: ignore[method-assign]
-        self.reactor.connectTCP(peer.host, peer.port, factory, timeout=5)
+        # From the listener's own address (the virtual IP): what Via and
+        # Record-Route name, and what a client's firewall lets in. After a
+        # takeover this is how an in-dialog request reaches a TCP client whose
+        # connection ended with the other node.
+        self.reactor.connectTCP(
+            peer.host, peer.port, factory, timeout=5, bindAddress=(local.host, 0)
+        )
         return connection
