@@ -111,6 +111,8 @@ class HighAvailability:
         #: Fires when the latest reconciliation with the dialog table is over.
         self.reconciled: defer.Deferred[None] = defer.succeed(None)
         self._generation = 0  # bumped by every change of role: stale work stops
+        self._peer_role: str | None = None
+        self._conflict_logged = -1  # the generation "both nodes are active" was logged in
 
     def attach(self, warm: WarmCopy, link: ReplicationLink | None) -> None:
         """The warm copy and the replication link that feeds it (``[ha] peer``)."""
@@ -152,18 +154,28 @@ class HighAvailability:
                 self._become_passive()
         return self.status()
 
-    def peer_role_changed(self, role: str) -> None:
-        """What the other node says it is now (from the replication link)."""
+    def peer_said(self, role: str) -> None:
+        """The other node's hello (every second, on the replication link): its role now."""
+        previous, self._peer_role = self._peer_role, role
         if self.role is not Role.ACTIVE:
             return
         if role == Role.ACTIVE:
-            log.error(
-                "both nodes are active: the other node says so too (VRRP split, or a slow"
-                " notify); each keeps to the dialog rows it owns"
-            )
-        else:
+            if self._conflict_logged != self._generation:
+                self._conflict_logged = self._generation
+                log.error(
+                    "both nodes are active: the other node says so too (VRRP split, or a slow"
+                    " notify); each keeps to the dialog rows it owns"
+                )
+        elif previous == Role.ACTIVE:
             # It dropped its calls; rows it wrote while both were active are ours now.
             self._reconcile_later(self._generation, set(), set(), "the other node became passive")
+
+    def peer_ended(self, key: _Key) -> None:
+        """A call the other node saw end after this one took it over (both held the VIP)."""
+        if self.role is Role.ACTIVE:
+            dialog = self.dialogs.match_id(*key)
+            if dialog is not None:
+                self.dialogs.end(dialog, "ended")
 
     # -- becoming passive ---------------------------------------------------------------
 

@@ -138,8 +138,8 @@ class WarmCopy:
         self.synced_at: float | None = None
         self._next: dict[_Key, tuple[DialogRow, str | None]] | None = None
 
-    def receive(self, line: bytes) -> str | None:
-        """Apply one line; returns the peer's role when the line was a hello."""
+    def receive(self, line: bytes) -> tuple[str, Any] | None:
+        """Apply one line; returns ``("hello", role)`` and ``("x", key)`` for the edge to act on."""
         try:
             fields = json.loads(line)
             kind = fields[0]
@@ -149,7 +149,7 @@ class WarmCopy:
         self.heard_at = now
         if kind == "hello" and len(fields) == 2 and fields[1] in ("active", "passive"):
             self.peer_role = fields[1]
-            return self.peer_role
+            return "hello", self.peer_role
         if kind == "d" and len(fields) == 2 + len(DIALOG_COLUMNS):
             try:
                 row = DialogRow(**dict(zip(DIALOG_COLUMNS, fields[2:], strict=True)))
@@ -163,6 +163,7 @@ class WarmCopy:
             if self._next is not None:
                 self._next.pop(key, None)
             self._bury(key, now)
+            return "x", key
         elif kind == "sync" and len(fields) == 1:
             self._next = {}
         elif kind == "synced" and len(fields) == 1 and self._next is not None:
@@ -286,8 +287,8 @@ class _SenderFactory(protocol.Factory):
 class ReplicationLink(service.MultiService):
     """Both ends of the link to the peer: the listener, and the connection out with retries.
 
-    ``role()`` tells this node's role; ``on_peer_role(role)`` is called when
-    the peer's role changes (it said so in a hello).
+    ``role()`` tells this node's role; ``on_peer_role(role)`` is called with
+    each hello of the peer, ``on_peer_ended(key)`` with each call it says ended.
     """
 
     def __init__(
@@ -300,6 +301,7 @@ class ReplicationLink(service.MultiService):
         warm: WarmCopy,
         role: Callable[[], str],
         on_peer_role: Callable[[str], None],
+        on_peer_ended: Callable[[tuple[int, int]], None],
     ):
         super().__init__()
         self.reactor = reactor
@@ -310,6 +312,7 @@ class ReplicationLink(service.MultiService):
         self.warm = warm
         self.role = role
         self.on_peer_role = on_peer_role
+        self.on_peer_ended = on_peer_ended
         self.out: _Sending | None = None
         self.inbound: _Receiving | None = None
         self._flush_call: Any = None
@@ -423,14 +426,18 @@ class ReplicationLink(service.MultiService):
         self.warm.heard_at = self.reactor.seconds()
 
     def received(self, connection: _Receiving, line: bytes) -> None:
-        before = self.warm.peer_role
         try:
-            role = self.warm.receive(line)
+            event = self.warm.receive(line)
         except ReplicationError as error:
             log.warn("replication: {error}", error=error)
             return
-        if role is not None and role != before:
-            self.on_peer_role(role)
+        if event is None:
+            return
+        kind, value = event
+        if kind == "hello":
+            self.on_peer_role(value)
+        else:
+            self.on_peer_ended(value)
 
     def receiving_lost(self, connection: _Receiving) -> None:
         if self.inbound is connection:

@@ -260,7 +260,8 @@ class SIPService(service.MultiService):
             outbox,
             warm,
             role=lambda: ha.role or "passive",
-            on_peer_role=ha.peer_role_changed,
+            on_peer_role=ha.peer_said,
+            on_peer_ended=ha.peer_ended,
         )
         link.setServiceParent(self)
         ha.attach(warm, link)

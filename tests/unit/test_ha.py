@@ -146,12 +146,23 @@ def test_a_ringing_call_taken_over_and_answered_outlives_its_ringing_time():
     assert load(standby) == 1
 
 
-def test_the_other_node_saying_it_is_active_too_is_logged():
+def test_the_other_node_saying_it_is_active_too_is_logged_once():
     _, _, _, ha, _ = node()
     ha.set_role(Role.ACTIVE, "test")
     with capturedLogs() as events:
-        ha.peer_role_changed("active")
-    assert any("both nodes are active" in event["log_format"] for event in events)
+        for _ in range(3):  # a hello every second
+            ha.peer_said("active")
+    assert ["both nodes are active" in e["log_format"] for e in events] == [True]
+
+
+def test_a_call_the_other_node_saw_end_after_the_takeover_ends_here_too():
+    core, _, wire, ha, _ = node()
+    ha.set_role(Role.ACTIVE, "test")
+    ring(core, wire, 1, answer=True)
+    (dialog,) = core.dialogs
+    ha.peer_ended((dialog.h_entry, dialog.h_id))
+    assert (len(core.dialogs), load(core)) == (0, 0)
+    assert wire.take() == []
 
 
 def test_is_local_address_asks_the_kernel():

@@ -132,7 +132,7 @@ def test_takeover_from_a_current_copy_and_not_from_a_stale_one():
 def test_endings_are_remembered_for_a_while():
     clock = Clock()
     warm = WarmCopy(clock)
-    warm.receive(b'["x",1,2]')
+    assert warm.receive(b'["x",1,2]') == ("x", (1, 2))
     clock.advance(TOMBSTONE_SECONDS / 2)
     warm.receive(b'["x",3,4]')
     clock.advance(TOMBSTONE_SECONDS / 2 + 1)
@@ -142,7 +142,7 @@ def test_endings_are_remembered_for_a_while():
 
 def test_hello_tells_the_peers_role():
     warm = WarmCopy(Clock())
-    assert warm.receive(b'["hello","active"]') == "active"
+    assert warm.receive(b'["hello","active"]') == ("hello", "active")
     assert warm.receive(b'["sync"]') is None
     assert warm.peer_role == "active"
 
