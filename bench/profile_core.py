@@ -5,6 +5,7 @@ balancing, serializing) from the kernel and from sipp, so a profiler shows
 where the hot path spends its time:
 
     python3 bench/profile_core.py --calls 20000
+    python3 bench/profile_core.py --calls 20000 --replicate
     python3 -m cProfile -s cumtime bench/profile_core.py --calls 5000 | head -40
     py-spy record -o core.svg -- python3 bench/profile_core.py --calls 20000
 """
@@ -24,6 +25,7 @@ from proxykit import CALLER, UDP_IN, invite, reply
 
 from sipha.config import parse_config
 from sipha.message import parse_message
+from sipha.replication import Outbox
 from sipha.service import build_core, tune_garbage_collector
 from sipha.transaction import Peer
 
@@ -46,7 +48,14 @@ SDP = b"v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20000)
-    calls = parser.parse_args().calls
+    parser.add_argument(
+        "--replicate",
+        action="store_true",
+        help="stream every call to a passive node (encoded, not sent): flushed once the"
+        " call is up and once it is over, as with calls longer than the flush delay",
+    )
+    args = parser.parse_args()
+    calls = args.calls
     tune_garbage_collector()  # as the service does
     # The real reactor's timer heap (never run): task.Clock re-sorts its list
     # on every callLater, which would dominate a run with thousands of timers.
@@ -56,11 +65,16 @@ def main() -> None:
         parse_config(CONFIG), clock, lambda data, peer, local: outbox.append((data, peer))
     )
     in_core = 0.0
+    stream = Outbox(core.dialogs)
+    stream.enabled = args.replicate
+    core.dialogs.observers = (stream,)
 
-    def feed(data: bytes, source: Peer) -> None:
+    def feed(data: bytes, source: Peer, flush: bool = False) -> None:
         nonlocal in_core
         t0 = time.perf_counter()
         core.receive(data, source, UDP_IN)
+        if flush:
+            stream.take()
         in_core += time.perf_counter() - t0
 
     started = time.process_time()
@@ -83,6 +97,7 @@ def main() -> None:
                 routes=(route,),
             ),
             CALLER,
+            flush=True,
         )
         feed(
             invite(
@@ -97,7 +112,7 @@ def main() -> None:
             CALLER,
         )
         bye = parse_message(outbox[-1][0])
-        feed(reply(bye, 200), peer)
+        feed(reply(bye, 200), peer, flush=True)
         outbox.clear()
     elapsed = time.process_time() - started
     print(
