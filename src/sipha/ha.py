@@ -121,14 +121,6 @@ class HighAvailability:
 
     # -- deciding the role --------------------------------------------------------------
 
-    def start(self) -> None:
-        """Take the role the virtual IP says (active without one)."""
-        if self.virtual_ips:
-            present = any(is_local_address(address) for address in self.virtual_ips)
-            self.vip_changed(present)
-        else:
-            self.set_role(Role.ACTIVE, "no virtual IP configured")
-
     def vip_changed(self, present: bool) -> None:
         if present:
             self.set_role(Role.ACTIVE, "the virtual IP is on this host")
@@ -366,6 +358,7 @@ class AddressWatch:
     """
 
     def __init__(self, reactor: Any, addresses: Sequence[str], changed: Callable[[bool], None]):
+        """``changed`` hears the state at :meth:`start`, then every change."""
         self.reactor = reactor
         self.addresses = tuple(addresses)
         self.changed = changed
@@ -380,8 +373,7 @@ class AddressWatch:
         sock.bind((0, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
         self._socket = sock
         self.reactor.addReader(self)
-        self.present = any(is_local_address(a) for a in self.addresses)
-        self._loop.start(CHECK_INTERVAL, now=False)
+        self._loop.start(CHECK_INTERVAL, now=True)
 
     def stop(self) -> None:
         if self._loop.running:

@@ -18,7 +18,7 @@ from sipha.config import Config, ListenAddress
 from sipha.control import Control
 from sipha.dialog_store import DialogStore
 from sipha.dispatcher import Dispatcher
-from sipha.ha import AddressWatch, HighAvailability
+from sipha.ha import AddressWatch, HighAvailability, Role
 from sipha.logs import Log, set_level
 from sipha.operations import add_operations
 from sipha.probing import Prober
@@ -211,10 +211,11 @@ class SIPService(service.MultiService):
             signal.signal(signal.SIGHUP, self._on_sighup)
         self._tables = defer.ensureDeferred(self._load_tables())
         _when_done(self._tables).chainDeferred(self.ready)
-        self.ha.start()
         if config.ha.virtual_ip:
             self.address_watch = AddressWatch(reactor, config.ha.virtual_ip, self.ha.vip_changed)
-            self.address_watch.start()
+            self.address_watch.start()  # the first role, at once
+        else:
+            self.ha.set_role(Role.ACTIVE, "no virtual IP configured")
         log.info("sipha {version} started with {config}", version=__version__, config=config.path)
 
     def _start_probers(self, dispatcher: Dispatcher, balancer: LoadBalancer) -> list[Prober]:
