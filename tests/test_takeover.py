@@ -9,6 +9,7 @@ other's warm copy by hand, line by line, as the TCP link would.
 from __future__ import annotations
 
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest_twisted
@@ -96,171 +97,157 @@ def call(node: Node, n: int, answer: bool) -> tuple[Request, Peer]:
     return forwarded, sent.peer
 
 
-async def pair(db_url: str) -> tuple[Node, Node]:
+@pytest_twisted.async_yield_fixture
+async def nodes(db_url: str) -> AsyncIterator[tuple[Node, Node]]:
+    """lb1 active and streaming, lb2 passive, on one database; both closed at the end."""
     first, second = Node(db_url, "lb1"), Node(db_url, "lb2")
     await first.database.create_schema()
     first.ha.set_role("active", "test")
     second.ha.set_role("passive", "test")
     first.outbox.enabled = True
-    return first, second
-
-
-@pytest_twisted.ensureDeferred
-async def test_passive_node_takes_over_from_the_table_alone(db_url):
-    active, standby = await pair(db_url)
     try:
-        call(active, 1, answer=True)
-        await active.store.drained()
-
-        standby.ha.set_role("active", "the virtual IP is on this host")  # no stream at all
-        await standby.settle()
-
-        assert [d.call_id for d in standby.core.dialogs] == ["call-1"]
-        assert standby.load() == 1
-        takeover = standby.ha.status()["last_takeover"]
-        assert (takeover["from_standby"], takeover["from_table"]) == (0, 1)
-        assert await standby.rows() == [("call-1", 3, "lb2")]  # the row is the new owner's
-    finally:
-        await active.close()
-        await standby.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_becoming_passive_drops_the_calls_without_a_word(db_url):
-    active, standby = await pair(db_url)
-    try:
-        call(active, 1, answer=True)
-        call(active, 2, answer=False)
-        await active.store.drained()
-        assert active.load() == 2
-
-        active.ha.set_role("passive", "the virtual IP left this host")
-
-        assert len(active.core.dialogs) == 0
-        assert active.load() == 0
-        assert active.core.layer.servers == {}
-        assert active.core.layer.clients == {}
-        await active.store.drained()
-        assert active.wire.take() == []  # no BYE, no CANCEL, no retransmission
-        assert await active.rows() == [("call-1", 3, "lb1")]  # the row stays for the other node
-        # Nothing arrives on the virtual IP any more; were it to, it is not ours.
-        active.core.receive(invite(call_id="call-3"), CALLER, UDP_IN)
-        assert active.wire.take() == []
-    finally:
-        await active.close()
-        await standby.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_ringing_and_answered_calls_cross_a_takeover_from_the_stream(db_url):
-    active, standby = await pair(db_url)
-    try:
-        active.stream_to(standby, snapshot=True)
-        call(active, 1, answer=True)
-        ringing, _ = call(active, 2, answer=False)
-        cancelled, media_server = call(active, 3, answer=False)
-        active.stream_to(standby)
-        active.store.suspend()  # it dies before its dialog row is written: the stream has it
-        standby.ha.set_role("active", "the virtual IP is on this host")
-        assert {d.call_id: d.state for d in standby.core.dialogs} == {
-            "call-1": DialogState.CONFIRMED_NA,
-            "call-2": DialogState.EARLY,
-            "call-3": DialogState.EARLY,
-        }
-        assert standby.load() == 3
-
-        # The media server's 200 for the ringing call reaches the caller, and the call is up.
-        standby.core.receive(reply(ringing, 200), FS1, UDP_IN)
-        (answer,) = standby.wire.take()
-        assert isinstance(answer.message, Response)
-        assert answer.message.status == 200
-        assert answer.peer == CALLER
-
-        # The caller CANCELs the third: it goes to the media server on the INVITE's branch.
-        cancel = invite(method="CANCEL", call_id="call-3", branch="z9hG4bK-c3")
-        standby.core.receive(cancel, CALLER, UDP_IN)
-        (forwarded,) = standby.wire.take()
-        assert forwarded.peer == media_server
-        assert forwarded.message.top_via.branch == cancelled.top_via.branch
-        standby.core.receive(reply(cancelled, 487), FS1, UDP_IN)
-        (busy,) = standby.wire.take()
-        assert (busy.peer, busy.message.status) == (CALLER, 487)
-        ack = invite(method="ACK", call_id="call-3", branch="z9hG4bK-c3", to_tag="uas-1")
-        standby.core.receive(ack, CALLER, UDP_IN)
-        (acked,) = standby.wire.take()
-        assert (acked.peer, acked.message.top_via.branch) == (
-            media_server,
-            cancelled.top_via.branch,
-        )
-
-        await standby.settle()
-        assert standby.load() == 2
-        assert await standby.rows() == [("call-1", 3, "lb2"), ("call-2", 3, "lb2")]
-        assert standby.ha.status()["last_takeover"]["from_standby"] == 3
-    finally:
-        await active.close()
-        await standby.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_call_that_ended_just_before_the_takeover_is_not_restored(db_url):
-    active, standby = await pair(db_url)
-    try:
-        active.stream_to(standby, snapshot=True)
-        call(active, 1, answer=True)
-        await active.store.drained()
-        bye = invite(
-            method="BYE",
-            call_id="call-1",
-            uri="sip:fs@127.0.0.1:5071",
-            to_tag="uas-1",
-            cseq=2,
-            branch="z9hG4bK-bye",
-            routes=("<sip:127.0.0.1:5060;lr>",),
-        )
-        active.store.suspend()  # it dies before the row's deletion is written
-        active.core.receive(bye, CALLER, UDP_IN)
-        active.stream_to(standby)
-        assert await active.rows() == [("call-1", 3, "lb1")]
-
-        standby.ha.set_role("active", "the virtual IP is on this host")
-        await standby.settle()
-
-        assert len(standby.core.dialogs) == 0
-        assert standby.load() == 0
-        assert await standby.rows() == []
-    finally:
-        await active.close()
-        await standby.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_node_never_changes_rows_another_node_took_over(db_url):
-    first, second = await pair(db_url)
-    try:
-        call(first, 1, answer=True)
-        await first.store.drained()
-        second.ha.set_role("active", "VRRP split: both nodes hold the virtual IP")
-        await second.settle()
-        assert await second.rows() == [("call-1", 3, "lb2")]
-
-        # The first node still believes it carries the call: its ACK and its BYE
-        # would write and delete the row, which is not its own any more.
-        ack = invite(
-            method="ACK",
-            call_id="call-1",
-            uri="sip:fs@127.0.0.1:5071",
-            to_tag="uas-1",
-            branch="z9hG4bK-ack",
-            routes=("<sip:127.0.0.1:5060;lr>",),
-        )
-        first.core.receive(ack, CALLER, UDP_IN)
-        await first.store.drained()
-        assert await second.rows() == [("call-1", 3, "lb2")]
-        bye = ack.replace(b"ACK", b"BYE").replace(b"CSeq: 1 BYE", b"CSeq: 2 BYE")
-        first.core.receive(bye, CALLER, UDP_IN)
-        await first.store.drained()
-        assert await second.rows() == [("call-1", 3, "lb2")]
+        yield first, second
     finally:
         await first.close()
         await second.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_passive_node_takes_over_from_the_table_alone(nodes):
+    active, standby = nodes
+    call(active, 1, answer=True)
+    await active.store.drained()
+
+    standby.ha.set_role("active", "the virtual IP is on this host")  # no stream at all
+    await standby.settle()
+
+    assert [d.call_id for d in standby.core.dialogs] == ["call-1"]
+    assert standby.load() == 1
+    takeover = standby.ha.status()["last_takeover"]
+    assert (takeover["from_standby"], takeover["from_table"]) == (0, 1)
+    assert await standby.rows() == [("call-1", 3, "lb2")]  # the row is the new owner's
+
+
+@pytest_twisted.ensureDeferred
+async def test_becoming_passive_drops_the_calls_without_a_word(nodes):
+    active, _ = nodes
+    call(active, 1, answer=True)
+    call(active, 2, answer=False)
+    await active.store.drained()
+    assert active.load() == 2
+
+    active.ha.set_role("passive", "the virtual IP left this host")
+
+    assert len(active.core.dialogs) == 0
+    assert active.load() == 0
+    assert active.core.layer.servers == {}
+    assert active.core.layer.clients == {}
+    await active.store.drained()
+    assert active.wire.take() == []  # no BYE, no CANCEL, no retransmission
+    assert await active.rows() == [("call-1", 3, "lb1")]  # the row stays for the other node
+    # Nothing arrives on the virtual IP any more; were it to, it is not ours.
+    active.core.receive(invite(call_id="call-3"), CALLER, UDP_IN)
+    assert active.wire.take() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_ringing_and_answered_calls_cross_a_takeover_from_the_stream(nodes):
+    active, standby = nodes
+    active.stream_to(standby, snapshot=True)
+    call(active, 1, answer=True)
+    ringing, _ = call(active, 2, answer=False)
+    cancelled, media_server = call(active, 3, answer=False)
+    active.stream_to(standby)
+    active.store.suspend()  # it dies before its dialog row is written: the stream has it
+    standby.ha.set_role("active", "the virtual IP is on this host")
+    assert {d.call_id: d.state for d in standby.core.dialogs} == {
+        "call-1": DialogState.CONFIRMED_NA,
+        "call-2": DialogState.EARLY,
+        "call-3": DialogState.EARLY,
+    }
+    assert standby.load() == 3
+
+    # The media server's 200 for the ringing call reaches the caller, and the call is up.
+    standby.core.receive(reply(ringing, 200), FS1, UDP_IN)
+    (answer,) = standby.wire.take()
+    assert isinstance(answer.message, Response)
+    assert answer.message.status == 200
+    assert answer.peer == CALLER
+
+    # The caller CANCELs the third: it goes to the media server on the INVITE's branch.
+    cancel = invite(method="CANCEL", call_id="call-3", branch="z9hG4bK-c3")
+    standby.core.receive(cancel, CALLER, UDP_IN)
+    (forwarded,) = standby.wire.take()
+    assert forwarded.peer == media_server
+    assert forwarded.message.top_via.branch == cancelled.top_via.branch
+    standby.core.receive(reply(cancelled, 487), FS1, UDP_IN)
+    (busy,) = standby.wire.take()
+    assert (busy.peer, busy.message.status) == (CALLER, 487)
+    ack = invite(method="ACK", call_id="call-3", branch="z9hG4bK-c3", to_tag="uas-1")
+    standby.core.receive(ack, CALLER, UDP_IN)
+    (acked,) = standby.wire.take()
+    assert (acked.peer, acked.message.top_via.branch) == (
+        media_server,
+        cancelled.top_via.branch,
+    )
+
+    await standby.settle()
+    assert standby.load() == 2
+    assert await standby.rows() == [("call-1", 3, "lb2"), ("call-2", 3, "lb2")]
+    assert standby.ha.status()["last_takeover"]["from_standby"] == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_that_ended_just_before_the_takeover_is_not_restored(nodes):
+    active, standby = nodes
+    active.stream_to(standby, snapshot=True)
+    call(active, 1, answer=True)
+    await active.store.drained()
+    bye = invite(
+        method="BYE",
+        call_id="call-1",
+        uri="sip:fs@127.0.0.1:5071",
+        to_tag="uas-1",
+        cseq=2,
+        branch="z9hG4bK-bye",
+        routes=("<sip:127.0.0.1:5060;lr>",),
+    )
+    active.store.suspend()  # it dies before the row's deletion is written
+    active.core.receive(bye, CALLER, UDP_IN)
+    active.stream_to(standby)
+    assert await active.rows() == [("call-1", 3, "lb1")]
+
+    standby.ha.set_role("active", "the virtual IP is on this host")
+    await standby.settle()
+
+    assert len(standby.core.dialogs) == 0
+    assert standby.load() == 0
+    assert await standby.rows() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_never_changes_rows_another_node_took_over(nodes):
+    first, second = nodes
+    call(first, 1, answer=True)
+    await first.store.drained()
+    second.ha.set_role("active", "VRRP split: both nodes hold the virtual IP")
+    await second.settle()
+    assert await second.rows() == [("call-1", 3, "lb2")]
+
+    # The first node still believes it carries the call: its ACK and its BYE
+    # would write and delete the row, which is not its own any more.
+    ack = invite(
+        method="ACK",
+        call_id="call-1",
+        uri="sip:fs@127.0.0.1:5071",
+        to_tag="uas-1",
+        branch="z9hG4bK-ack",
+        routes=("<sip:127.0.0.1:5060;lr>",),
+    )
+    first.core.receive(ack, CALLER, UDP_IN)
+    await first.store.drained()
+    assert await second.rows() == [("call-1", 3, "lb2")]
+    bye = ack.replace(b"ACK", b"BYE").replace(b"CSeq: 1 BYE", b"CSeq: 2 BYE")
+    first.core.receive(bye, CALLER, UDP_IN)
+    await first.store.drained()
+    assert await second.rows() == [("call-1", 3, "lb2")]

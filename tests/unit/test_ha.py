@@ -98,21 +98,30 @@ def test_the_role_follows_the_virtual_ip_and_a_repeated_role_changes_nothing():
     assert (ha.role, ha.since) == (Role.PASSIVE, 5)
 
 
-def test_ringing_calls_taken_over_hold_their_units_until_answered_or_too_old():
+def taken_over(
+    *answered: bool,
+) -> tuple[list[Sent], ProxyCore, Clock, Wire, HighAvailability]:
+    """Calls set up on an active node (ringing, or answered), streamed to a passive one.
+
+    Returns their INVITEs as the media servers got them, and the passive node.
+    """
     active, _, active_wire, active_ha, _ = node()
     active_ha.set_role(Role.ACTIVE, "test")
     outbox = Outbox(active.dialogs)
     outbox.enabled = True
     active.dialogs.observers = (outbox,)
-    ring(active, active_wire, 1, answer=False)
-    ring(active, active_wire, 2, answer=True)
+    invites = [ring(active, active_wire, n, answer) for n, answer in enumerate(answered, 1)]
     standby, clock, wire, ha, _ = node()
     ha.set_role(Role.PASSIVE, "test")
     warm = WarmCopy(clock)
     ha.attach(warm, None)
     for line in outbox.snapshot():
         warm.receive(line)
+    return invites, standby, clock, wire, ha
 
+
+def test_ringing_calls_taken_over_hold_their_units_until_answered_or_too_old():
+    _, standby, clock, wire, ha = taken_over(False, True)
     ha.set_role(Role.ACTIVE, "the virtual IP is on this host")
     states = {d.call_id: d.state for d in standby.dialogs}
     assert states == {"call-1": DialogState.EARLY, "call-2": DialogState.CONFIRMED_NA}
@@ -125,17 +134,7 @@ def test_ringing_calls_taken_over_hold_their_units_until_answered_or_too_old():
 
 
 def test_a_ringing_call_taken_over_and_answered_outlives_its_ringing_time():
-    active, _, active_wire, active_ha, _ = node()
-    active_ha.set_role(Role.ACTIVE, "test")
-    outbox = Outbox(active.dialogs)
-    outbox.enabled = True
-    active.dialogs.observers = (outbox,)
-    invite_sent = ring(active, active_wire, 1, answer=False)
-    standby, clock, wire, ha, _ = node()
-    warm = WarmCopy(clock)
-    ha.attach(warm, None)
-    for line in outbox.snapshot():
-        warm.receive(line)
+    (invite_sent,), standby, clock, wire, ha = taken_over(False)
     ha.set_role(Role.ACTIVE, "the virtual IP is on this host")
 
     standby.receive(reply(invite_sent.message, 200), invite_sent.peer, UDP_IN)
