@@ -340,10 +340,6 @@ class LabMediaServer:
     def completed(self) -> int:
         return sipp._counter(sipp.read_stats(self.files.stats), "SuccessfulCall(C)")
 
-    @property
-    def failed(self) -> int:
-        return sipp._counter(sipp.read_stats(self.files.stats), "FailedCall(C)")
-
     def errors(self) -> str:
         return sipp.log_tail(self.files.errors)
 
@@ -566,6 +562,17 @@ class Node:
                     if float(stamp) >= since and (" ha active" in rest or " ha passive" in rest):
                         calls.append(rest)
         return calls
+
+    def resource(self, action: str) -> subprocess.CompletedProcess[str]:
+        """Run the shipped heartbeat resource script (etc/heartbeat/resource.d/sipha) for this node."""
+        return subprocess.run(
+            [str(ETC / "heartbeat" / "resource.d" / "sipha"), action],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "SIPHA_CTL": str(self.ctl_path), "SIPHA_CONFIG": str(self.config)},
+        )
 
     # -- processes
 

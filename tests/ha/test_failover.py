@@ -14,7 +14,9 @@ Every call must complete, no 503 may reach the caller after the takeover, and
 afterwards no node may keep a call or a load-balancer unit, nor the table a row.
 Each test records the VIP's outage (from the failure to the VIP seen on the
 other node, polled every 20 ms), the takeover ``sipha-ctl ha status`` reports
-and the calls completed; they are printed at the end of the run.
+and the calls completed; they are printed at the end of the run. A last test
+drives heartbeat's resource script (etc/heartbeat/resource.d/sipha) against
+the pair.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from lab import Lab, Node, Record
+from lab import NODES, Lab, Node, Record
 
 import sipp
 
@@ -204,4 +206,40 @@ def test_sipha_killed_on_the_active_node(lab: Lab, record: Record) -> None:
     judge_calls(record, lab, caller, 10, before, since)
     judge_idle(record, lab, "lb2", "at the end")
     judge_table(record, lab)
+    record.verify(lab.describe())
+
+
+def test_heartbeat_resource_script(lab: Lab, record: Record) -> None:
+    """etc/heartbeat/resource.d/sipha against the live pair: status, stop and start set the role.
+
+    heartbeat itself is not run here (see heartbeat's part of the README); its
+    resource script is, the way heartbeat calls it, with ``SIPHA_CTL`` and
+    ``SIPHA_CONFIG`` pointing at the lab's nodes.
+    """
+    lab.baseline()
+    lb1, lb2 = lab.nodes["lb1"], lab.nodes["lb2"]
+    status = {host: lab.nodes[host].resource("status") for host in NODES}
+    record.check(
+        status["lb1"].returncode == 0 and "running" in status["lb1"].stdout,
+        "status says running on the active node",
+        status["lb1"],
+    )
+    record.check(
+        status["lb2"].returncode != 0 and "running" not in status["lb2"].stdout,
+        "status says stopped on the passive node",
+        status["lb2"],
+    )
+    stopped = lb1.resource("stop")
+    record.check(
+        stopped.returncode == 0 and lb1.role() == "passive",
+        "stop makes sipha passive",
+        f"{stopped}, role {lb1.role()}",
+    )
+    started = lb1.resource("start")
+    record.check(
+        started.returncode == 0 and lb1.role() == "active",
+        "start makes sipha active and returns once it is",
+        f"{started}, role {lb1.role()}",
+    )
+    record.check(lb2.role() == "passive", "the other node stayed passive", lb2.ha_status())
     record.verify(lab.describe())
