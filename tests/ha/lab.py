@@ -340,9 +340,6 @@ class LabMediaServer:
     def completed(self) -> int:
         return sipp._counter(sipp.read_stats(self.files.stats), "SuccessfulCall(C)")
 
-    def errors(self) -> str:
-        return sipp.log_tail(self.files.errors)
-
 
 @dataclass
 class CallOutcome:
@@ -643,8 +640,11 @@ class Lab:
         self.callers: list[sipp.Caller] = []
         self.db_url = ""
 
-    def open(self) -> Lab:
-        """Build the network, start MariaDB, the media servers, both sipha and both keepalived."""
+    def open(self, keepalived: bool = True) -> Lab:
+        """Build the network, start MariaDB, the media servers, both sipha and both keepalived.
+
+        ``keepalived=False`` leaves the VIP to another engine (heartbeat_lab.py).
+        """
         self.network.create()
         self.database.install()
         self.database.start()
@@ -655,8 +655,9 @@ class Lab:
         for node in self.nodes.values():
             node.write_files(self.db_url, self.media_servers)
             node.start_sipha()
-        for node in self.nodes.values():
-            node.start_keepalived()
+        if keepalived:
+            for node in self.nodes.values():
+                node.start_keepalived()
         return self
 
     def close(self) -> None:
@@ -675,9 +676,9 @@ class Lab:
         self.network.delete()
 
     @contextlib.contextmanager
-    def opened(self) -> Iterator[Lab]:
+    def opened(self, keepalived: bool = True) -> Iterator[Lab]:
         try:
-            yield self.open()
+            yield self.open(keepalived)
         finally:
             self.close()
 
@@ -784,3 +785,91 @@ class Lab:
             parts.append(f"--- keepalived {node.host} ---\n{node.keepalived.log(3000)}")
             parts.append(f"--- sipha {node.host} ---\n{node.sipha.log(3000)}")
         return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- judging a failover
+
+
+def takeover(node: Node, since: float, timeout: float = 5.0) -> dict[str, Any] | None:
+    """The ``last_takeover`` of ``node``'s ``ha status`` once it is later than ``since``."""
+    found: dict[str, Any] | None = None
+
+    def arrived() -> bool:
+        nonlocal found
+        status = node.ha_status() or {}
+        last = status.get("last_takeover")
+        if isinstance(last, dict) and float(last.get("at") or 0) >= since - 1:
+            found = last
+            return True
+        return False
+
+    sipp.wait_until(arrived, timeout, interval=0.2)
+    return found
+
+
+def states(node: Node) -> dict[str, int] | None:
+    """Dialogs by state on ``node`` (ringing: early; answered: confirmed...)."""
+    counters = node.ctl_json("counters")
+    return counters.get("dialogs") if isinstance(counters, dict) else None
+
+
+def failover(
+    record: Record, lab: Lab, fail: Callable[[], object], *, to: str, timeout: float = 15.0
+) -> float:
+    """Run ``fail()`` and measure how long the VIP takes to reach ``to``; record it."""
+    record.figures["at_failure"] = states(lab.nodes["lb1"] if to == "lb2" else lab.nodes["lb2"])
+    wall = time.time()
+    start = time.monotonic()
+    fail()
+    seen = lab.network.wait_for_vip(to, timeout)
+    outage = None if seen is None else round(seen - start, 2)
+    record.figures["vip_outage_s"] = outage
+    record.check(seen is not None, f"the VIP reached {to} within {timeout:g} s")
+    last = takeover(lab.nodes[to], wall) if seen is not None else None
+    record.figures["takeover_ms"] = None if last is None else last.get("duration_ms")
+    record.figures["calls_restored"] = None if last is None else last.get("calls_restored")
+    record.check(
+        last is not None, f"`ha status` on {to} reports the takeover", lab.nodes[to].ha_status()
+    )
+    return wall
+
+
+def judge_calls(
+    record: Record, lab: Lab, caller: sipp.Caller, expected: int, before: int, since: float
+) -> None:
+    """All ``expected`` calls completed on both ends, and no 503 after ``since``."""
+    outcome = lab.outcome(caller)
+    lab.wait_until(lambda: lab.completed_calls() - before >= expected, 10)
+    completed = lab.completed_calls() - before
+    record.figures["calls_completed"] = f"{outcome.successful}/{expected}"
+    record.figures["refused_503"] = len(outcome.refused_at)
+    record.check(
+        outcome.successful == expected and outcome.failed == 0,
+        f"the caller completed {expected} of {expected} calls",
+        f"{outcome.successful} successful, {outcome.failed} failed\n{outcome.result.errors[-3000:]}",
+    )
+    record.check(
+        completed == expected,
+        f"the media servers completed {expected} calls",
+        completed,
+    )
+    record.check(
+        outcome.refused_after(since) == 0,
+        "no 503 reached the caller after the failure",
+        f"{outcome.refused_after(since)} 503s",
+    )
+
+
+def judge_idle(record: Record, lab: Lab, host: str, when: str, timeout: float = 5.0) -> None:
+    node = lab.nodes[host]
+    idle = lab.wait_until(node.idle, timeout)
+    record.check(
+        idle,
+        f"{host} holds no dialog and no load-balancer unit {when}",
+        f"dialogs {states(node)}, load {node.load()}",
+    )
+
+
+def judge_table(record: Record, lab: Lab) -> None:
+    empty = lab.wait_until(lambda: not lab.dialog_rows(), 5)
+    record.check(empty, "the dialog table is empty at the end", lab.dialog_rows())
