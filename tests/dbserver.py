@@ -129,7 +129,7 @@ class PrivateMariaDB:
     def stop(self, grace: float = 30.0) -> None:
         """SIGTERM mariadbd by its PID (a clean shutdown), SIGKILL after ``grace`` seconds."""
         if self.process is not None:
-            sipp._terminate(self.process, grace)
+            sipp.terminate(self.process, grace)
             self.process = None
 
     def log(self) -> str:

@@ -145,7 +145,7 @@ def read_stats(path: Path) -> dict[str, str]:
     return {}
 
 
-def _counter(stats: Mapping[str, str], name: str) -> int:
+def counter(stats: Mapping[str, str], name: str) -> int:
     try:
         return int(stats.get(name) or 0)
     except ValueError:
@@ -186,15 +186,15 @@ class SippResult:
         returncode: int,
         stdout: str,
         stderr: str,
-        files: _SippFiles,
+        files: SippFiles,
         command: list[str],
     ) -> SippResult:
         stats = read_stats(files.stats)
         return cls(
             returncode=returncode,
-            successful=_counter(stats, "SuccessfulCall(C)"),
-            failed=_counter(stats, "FailedCall(C)"),
-            retransmissions=_counter(stats, "Retransmissions(C)"),
+            successful=counter(stats, "SuccessfulCall(C)"),
+            failed=counter(stats, "FailedCall(C)"),
+            retransmissions=counter(stats, "Retransmissions(C)"),
             stdout=stdout,
             stderr=stderr,
             stats=stats,
@@ -233,7 +233,7 @@ class SippResult:
 
 
 @dataclass(frozen=True)
-class _SippFiles:
+class SippFiles:
     stats: Path
     errors: Path
     messages: Path
@@ -241,7 +241,7 @@ class _SippFiles:
     stderr: Path
 
     @classmethod
-    def under(cls, directory: Path, stem: str) -> _SippFiles:
+    def under(cls, directory: Path, stem: str) -> SippFiles:
         directory.mkdir(parents=True, exist_ok=True)
         return cls(
             stats=directory / f"{stem}.stat.csv",
@@ -328,7 +328,7 @@ class Caller:
     """A sipp caller running in the background (see :func:`start_caller`)."""
 
     def __init__(
-        self, command: list[str], files: _SippFiles, directory: Path, calls: int, timeout: float
+        self, command: list[str], files: SippFiles, directory: Path, calls: int, timeout: float
     ) -> None:
         self.command = command
         self.files = files
@@ -378,7 +378,7 @@ class Caller:
     def stop(self) -> None:
         """Stop sipp by its PID if it still runs (teardown of a failed test)."""
         if self.process.poll() is None:
-            _terminate(self.process, _STOP_GRACE)
+            terminate(self.process, _STOP_GRACE)
 
 
 def start_caller(
@@ -408,7 +408,7 @@ def start_caller(
     path = scenario_path(scenario)
     host, _ = split_hostport(target)
     directory = _workdir(workdir)
-    files = _SippFiles.under(directory, f"caller-{next(_run_counter)}-{path.stem}")
+    files = SippFiles.under(directory, f"caller-{next(_run_counter)}-{path.stem}")
     port = local_port if local_port is not None else free_port(host)
     command = [
         binary,
@@ -446,7 +446,7 @@ def start_caller(
 # --------------------------------------------------------------------------- media servers
 
 
-def _socket_inodes(pid: int) -> set[str]:
+def socket_inodes(pid: int) -> set[str]:
     inodes = set()
     with contextlib.suppress(OSError):
         for entry in os.scandir(f"/proc/{pid}/fd"):
@@ -463,7 +463,7 @@ def _is_bound(pid: int, port: int, protocol: str) -> bool:
     Reads /proc instead of probing the port, which could steal the port from
     sipp while it starts or leave stray calls in its statistics.
     """
-    inodes = _socket_inodes(pid)
+    inodes = socket_inodes(pid)
     for table in (f"/proc/net/{protocol}", f"/proc/net/{protocol}6"):
         with contextlib.suppress(OSError), open(table) as lines:
             next(lines, None)
@@ -507,7 +507,7 @@ class MediaServer:
         self.trace_msg = trace_msg
         self.extra = tuple(extra)
         self.workdir = _workdir(tmp_path)
-        self.files = _SippFiles.under(self.workdir, f"ms-{port}-{self.scenario.stem}")
+        self.files = SippFiles.under(self.workdir, f"ms-{port}-{self.scenario.stem}")
         self.process: subprocess.Popen[bytes] | None = None
         self.result: SippResult | None = None
         self.command: list[str] = []
@@ -585,11 +585,11 @@ class MediaServer:
 
     @property
     def calls_completed(self) -> int:
-        return _counter(self.stats, "SuccessfulCall(C)")
+        return counter(self.stats, "SuccessfulCall(C)")
 
     @property
     def calls_failed(self) -> int:
-        return _counter(self.stats, "FailedCall(C)")
+        return counter(self.stats, "FailedCall(C)")
 
     def wait_for_calls(self, count: int, timeout: float = 10.0) -> int:
         """Wait until ``count`` calls have completed; return how many did."""
@@ -603,7 +603,7 @@ class MediaServer:
     @property
     def calls_received(self) -> int:
         """Every incoming call sipp created, probes and unexpected requests included."""
-        return _counter(self.stats, "IncomingCall(C)")
+        return counter(self.stats, "IncomingCall(C)")
 
     def stop(self, timeout: float = _STOP_GRACE) -> SippResult:
         """Stop sipp by its PID (SIGTERM, then SIGKILL) and return its statistics.
@@ -615,7 +615,7 @@ class MediaServer:
             return self.result
         if self.process is None:
             raise RuntimeError(f"{self!r} was never started")
-        returncode = _terminate(self.process, timeout)
+        returncode = terminate(self.process, timeout)
         self.result = SippResult.collect(
             returncode,
             log_tail(self.files.stdout, 1 << 20),
@@ -658,7 +658,7 @@ def wait_for_total(servers: Sequence[MediaServer], count: int, timeout: float = 
     return done
 
 
-def _terminate(process: subprocess.Popen[bytes], grace: float) -> int:
+def terminate(process: subprocess.Popen[bytes], grace: float) -> int:
     """SIGTERM ``process`` (only it, by PID), SIGKILL it after ``grace`` seconds."""
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -925,5 +925,5 @@ class SiphaProxy:
     def stop(self, grace: float = _STOP_GRACE) -> int | None:
         """SIGTERM sipha by its PID, SIGKILL after ``grace`` seconds; return its status."""
         if self.process is not None and self.returncode is None:
-            self.returncode = _terminate(self.process, grace)
+            self.returncode = terminate(self.process, grace)
         return self.returncode

@@ -251,7 +251,7 @@ class Daemon:
         """SIGTERM it by its PID, SIGKILL after ``grace`` seconds."""
         if self.process is None:
             return None
-        return sipp._terminate(self.process, grace)
+        return sipp.terminate(self.process, grace)
 
     def log(self, limit: int = sipp.LOG_TAIL) -> str:
         return sipp.log_tail(self.log_path, limit)
@@ -294,7 +294,7 @@ class Keepalived(Daemon):
 
 def _bound_in_namespace(pid: int, port: int) -> bool:
     """Whether ``pid`` has a UDP socket on ``port``, read from its own namespace's table."""
-    inodes = sipp._socket_inodes(pid)
+    inodes = sipp.socket_inodes(pid)
     with contextlib.suppress(OSError), open(f"/proc/{pid}/net/udp") as table:
         next(table, None)
         for line in table:
@@ -311,7 +311,7 @@ class LabMediaServer:
     def __init__(self, lab: Lab, host: str, scenario: str = "uas_ha.xml") -> None:
         self.host = host
         self.address = HOSTS[host]
-        self.files = sipp._SippFiles.under(lab.directory / host, f"{host}-uas")
+        self.files = sipp.SippFiles.under(lab.directory / host, f"{host}-uas")
         self.command = lab.network.exec(
             host,
             sipp.sipp_binary(),
@@ -338,7 +338,7 @@ class LabMediaServer:
 
     @property
     def completed(self) -> int:
-        return sipp._counter(sipp.read_stats(self.files.stats), "SuccessfulCall(C)")
+        return sipp.counter(sipp.read_stats(self.files.stats), "SuccessfulCall(C)")
 
 
 @dataclass
@@ -733,7 +733,7 @@ class Lab:
         """
         number = len(self.callers) + 1
         directory = self.directory / "caller"
-        files = sipp._SippFiles.under(directory, f"caller-{number}")
+        files = sipp.SippFiles.under(directory, f"caller-{number}")
         command = self.network.exec(
             "caller",
             sipp.sipp_binary(),
