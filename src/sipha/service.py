@@ -212,6 +212,7 @@ class SIPService(service.MultiService):
         self._tables = defer.ensureDeferred(self._load_tables())
         _when_done(self._tables).chainDeferred(self.ready)
         if config.ha.virtual_ip:
+            _warn_of_a_cold_standby(config)
             self.address_watch = AddressWatch(reactor, config.ha.virtual_ip, self.ha.vip_changed)
             self.address_watch.start()  # the first role, at once
         else:
@@ -319,6 +320,21 @@ class SIPService(service.MultiService):
             await self.store.stop()
         if self.database is not None:
             self.database.close()
+
+
+def _warn_of_a_cold_standby(config: Config) -> None:
+    """A pair without a node address or a peer works, but takes over less: say what is lost."""
+    if not config.ha.node_address:
+        log.warn(
+            "ha.node_address is not set: while passive this node cannot probe the media"
+            " servers (its probes would leave from the virtual IP), so at takeover their"
+            " state is as old as this node's last active spell"
+        )
+    if not config.ha.peer:
+        log.warn(
+            "ha.peer is not set: no calls are streamed between the nodes, so a takeover reads"
+            " the dialog table only, and calls ringing at the failover are not taken over"
+        )
 
 
 def _when_done(work: defer.Deferred[Any]) -> defer.Deferred[None]:
