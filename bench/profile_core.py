@@ -40,6 +40,8 @@ resources = "pstn=100000"
 group_id = 1
 dst_uri = "sip:127.0.0.1:5072"
 resources = "pstn=100000"
+[pike]
+trusted = ["192.0.2.0/24"]
 """
 
 SDP = b"v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n"

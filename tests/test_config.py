@@ -199,9 +199,23 @@ def test_config_is_frozen() -> None:
             "host 'localhost' is not an IP literal",
         ),
         (
+            '[proxy]\nlisten = ["sctp:127.0.0.1:5061"]\n',
+            "proxy.listen[0]: 'sctp:127.0.0.1:5061' is not an address: "
+            "unknown transport 'sctp' (udp, tcp or tls)",
+        ),
+        (
             '[proxy]\nlisten = ["tls:127.0.0.1:5061"]\n',
-            "proxy.listen[0]: 'tls:127.0.0.1:5061' is not an address: "
-            "unknown transport 'tls' (udp or tcp)",
+            "proxy.listen[0]: 'tls:127.0.0.1:5061' needs tls.certificate and tls.private_key",
+        ),
+        (
+            '[tls]\ncertificate = "/nonexistent/cert.pem"\n',
+            "tls.certificate: '/nonexistent/cert.pem' is not a readable file:"
+            " cannot read: No such file or directory",
+        ),
+        (
+            '[pike]\ntrusted = ["10.0.0.0/33"]\n',
+            "pike.trusted[0]: '10.0.0.0/33' is not a network:"
+            " expected an address or a network such as 198.51.100.0/24",
         ),
         (
             '[proxy]\nlisten = ["udp:127.0.0.1"]\n',

@@ -98,7 +98,7 @@ class ListenAddress:
     host: str
     port: int
 
-    TRANSPORTS = ("udp", "tcp")
+    TRANSPORTS = ("udp", "tcp", "tls")
 
     @classmethod
     def parse(cls, text: str) -> ListenAddress:
@@ -108,7 +108,7 @@ class ListenAddress:
             raise ValueError("expected TRANSPORT:HOST:PORT, e.g. udp:127.0.0.1:5060")
         transport = transport.lower()
         if transport not in cls.TRANSPORTS:
-            raise ValueError(f"unknown transport {transport!r} (udp or tcp)")
+            raise ValueError(f"unknown transport {transport!r} (udp, tcp or tls)")
         if rest.startswith("["):
             host, sep, port = rest[1:].partition("]")
             if sep and port and not port.startswith(":"):
@@ -131,6 +131,11 @@ class ListenAddress:
     @property
     def family(self) -> socket.AddressFamily:
         return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    @property
+    def stream(self) -> bool:
+        """TCP or TLS: connections, framed by Content-Length."""
+        return self.transport != "udp"
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -681,6 +686,92 @@ class HAConfig:
             yield "peer", "must be the other node's own address"
 
 
+def _network(text: str) -> str:
+    """A network such as 198.51.100.0/24 (an address alone is a /32 or /128)."""
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise ValueError("expected an address or a network such as 198.51.100.0/24") from None
+
+
+def _readable_file(text: str) -> str:
+    """A file sipha can read now (certificates, keys); "" = not set."""
+    if text:
+        try:
+            Path(text).read_bytes()
+        except OSError as e:
+            raise ValueError(f"cannot read: {e.strerror or e}") from None
+    return text
+
+
+_FILE = Parsed(_readable_file, "a readable file")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TLSConfig:
+    """Certificates for ``tls:`` listeners and for TLS to media servers (PEM files).
+
+    The certificate (with its chain) is also shown to a media server that asks
+    for a client certificate. Peers are always verified, name included.
+    """
+
+    certificate: str = setting(_FILE, "")
+    private_key: str = setting(_FILE, "")
+    ca_certificates: str = setting(_FILE, "")
+
+    def _problems(self) -> Iterator[tuple[str, str]]:
+        if bool(self.certificate) != bool(self.private_key):
+            missing = "private_key" if self.certificate else "certificate"
+            yield missing, "needed with tls.certificate and tls.private_key, which go together"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PikeConfig:
+    """Per-source limiting (OpenSIPS's pike module, with its names)."""
+
+    enabled: bool = setting(Bool(), True)
+    sampling_time_unit: float = setting(Number(gt=0), 2)
+    reqs_density_per_unit: int = setting(Int(ge=1), 30)
+    remove_latency: float = setting(Number(gt=0), 120)
+    action: str = setting(Choice(("drop", "reply")), "drop")
+    trusted: tuple[str, ...] = setting(List(Parsed(_network, "a network", keep_text=False)), [])
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScannersConfig:
+    drop: bool = setting(Bool(), True)
+    user_agents: tuple[str, ...] = setting(
+        List(Str()),
+        [
+            "friendly-scanner",
+            "sipcli",
+            "sipvicious",
+            "sip-scan",
+            "iWar",
+            "sundayddr",
+            "VaxSIPUserAgent",
+            "SIVuS",
+            "Gulp",
+            "smap",
+            "pplsip",
+            "sipptk",
+        ],
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LimitsConfig:
+    """Bounds on what a crowd of clients can make sipha hold."""
+
+    tcp_connections: int = setting(Int(ge=1), 4096)
+    tcp_connections_per_source: int = setting(Int(ge=1), 64)
+    tcp_idle_timeout: float = setting(Number(gt=0), 120)
+    tcp_message_timeout: float = setting(Number(gt=0), 10)
+    transactions: int = setting(Int(ge=100), 200000)
+    dialogs: int = setting(Int(ge=10), 100000)
+    reserved_descriptors: int = setting(Int(ge=8), 64)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     proxy: ProxyConfig = setting(Table(ProxyConfig), {})
@@ -695,10 +786,20 @@ class Config:
     control: ControlConfig = setting(Table(ControlConfig), {})
     metrics: MetricsConfig = setting(Table(MetricsConfig), {})
     ha: HAConfig = setting(Table(HAConfig), {})
+    tls: TLSConfig = setting(Table(TLSConfig), {})
+    pike: PikeConfig = setting(Table(PikeConfig), {})
+    scanners: ScannersConfig = setting(Table(ScannersConfig), {})
+    limits: LimitsConfig = setting(Table(LimitsConfig), {})
     # Not a key: the file this came from, as given.
     path: Path | None = None
 
     def _problems(self) -> Iterator[tuple[str, str]]:
+        for index, listener in enumerate(self.proxy.listen):
+            if listener.transport == "tls" and not self.tls.certificate:
+                yield (
+                    f"proxy.listen[{index}]",
+                    f"{str(listener)!r} needs tls.certificate and tls.private_key",
+                )
         node = self.ha.node_address
         if node and any(listener.host == node for listener in self.proxy.listen):
             yield (

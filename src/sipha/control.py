@@ -15,7 +15,7 @@ reload); the config lists are the bootstrap for a node without a database.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sipha.balancer import LoadBalancer
@@ -65,6 +65,8 @@ class Control:
         self.core: ProxyCore | None = None
         self.probers: list[Prober] = []
         self.ha: HighAvailability | None = None
+        #: Called after each reload of the destinations (pike trusts the new ones).
+        self.on_reload: Callable[[], None] = lambda: None
 
     async def reload(self) -> dict[str, str]:
         """Re-read the destination tables without a restart; runtime state is kept.
@@ -90,6 +92,7 @@ class Control:
                 count=len(rows if rows else fallback),
                 source=source,
             )
+        self.on_reload()
         return dict(self.sources)
 
     async def reload_dialogs(self) -> int:
@@ -107,6 +110,11 @@ class Control:
                 " takes them over)"
             )
         return await ha.reconcile()
+
+    def pike_limited(self) -> list[dict[str, Any]]:
+        """The sources pike limits now (``sipha-ctl pike``)."""
+        pike = self.core.pike if self.core is not None else None
+        return pike.limited() if pike is not None else []
 
     def ha_status(self) -> dict[str, Any]:
         """The node's role in the pair, since when, and its last takeover."""

@@ -206,6 +206,13 @@ def show_counters(result: Mapping[str, Any]) -> str:
     )
 
 
+def show_limited(result: Sequence[Mapping[str, Any]]) -> str:
+    """``sipha-ctl pike``: each limited source, how much it was refused, when last heard."""
+    now = time.time()
+    rows = [(s["source"], s["refused"], f"{now - s['last_seen']:.0f}s ago") for s in result]
+    return f"{len(rows)} sources limited\n" + table(("SOURCE", "REFUSED", "LAST SEEN"), rows)
+
+
 def show_role(result: Mapping[str, Any]) -> str:
     """``sipha-ctl ha status``: the role, since when, the last takeover, the link."""
     since = result["since"]
@@ -350,6 +357,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("call_id", metavar="CALL-ID")
     command("reload", "take over the calls in the dialog table (after a VIP takeover)", actions)
     command("counters", "requests, responses, transactions, dialogs, probes, dialog store")
+    command("pike", "the sources limited now for sending too much (OpenSIPS pike)")
     ha = command("ha", "this node's role in the load-balancer pair").add_subparsers(
         dest="action", metavar="ACTION", required=True
     )
@@ -410,6 +418,8 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any], Show]:
         return f"lb.{action}", {"destination": args.destination}, show_plain
     if command == "ha":
         return f"ha.{action}", {}, show_role
+    if command == "pike":
+        return "pike", {}, show_limited
     # dialogs
     if action == "end":
         return "dialogs.end", {"call_id": args.call_id}, lambda n: f"{n} dialog(s) ended"

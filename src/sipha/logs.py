@@ -11,6 +11,7 @@ even format its event, which keeps debug lines free on the hot path.
 from __future__ import annotations
 
 import sys
+import time
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -25,6 +26,8 @@ from twisted.logger import (
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
+#: Seconds between two lines of one throttled kind.
+THROTTLE_INTERVAL = 1.0
 _ORDER = (LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error, LogLevel.critical)
 _NAMES = {"debug": 0, "info": 1, "warn": 2, "error": 3}
 
@@ -39,6 +42,11 @@ class Log(Logger):
 
     threshold = 1  # info
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # For throttled(): per format, when a line was last written and how many were not.
+        self._throttle: dict[str, tuple[float, int]] = {}
+
     def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:
         if _ORDER.index(level) >= Log.threshold:
             if format is not None and kwargs.get("call_id") and "{call_id}" not in format:
@@ -49,6 +57,26 @@ class Log(Logger):
     def debugging(self) -> bool:
         """For call sites that would build costly fields just to drop them."""
         return Log.threshold == 0
+
+    def throttled(self, level: LogLevel, format: str, **kwargs: Any) -> None:
+        """Log at most one line a second of this kind (``format``); count the others.
+
+        For what an attacker controls the rate of (rejected requests, refused
+        connections): a flood makes one line a second, the next one saying how
+        many were left out, never a line per packet.
+        """
+        if _ORDER.index(level) < Log.threshold:
+            return
+        now = time.monotonic()
+        last, skipped = self._throttle.get(format, (-THROTTLE_INTERVAL, 0))
+        if now - last < THROTTLE_INTERVAL:
+            self._throttle[format] = (last, skipped + 1)
+            return
+        self._throttle[format] = (now, 0)
+        if skipped:
+            format += " ({skipped} more like this in the last {seconds:.0f} s)"
+            kwargs.update(skipped=skipped, seconds=now - last)
+        self.emit(level, format, **kwargs)
 
 
 def set_level(name: str) -> None:

@@ -64,6 +64,10 @@ def counters(control: Control) -> dict[str, Any]:
         "responses_forwarded_statelessly": core.stats["responses_forwarded_statelessly"],
         "parse_errors": core.stats["parse_errors"],
         "calls_shed": core.stats["calls_shed"],
+        "pike_refused": core.stats["pike_refused"],
+        "pike_limited_sources": len(control.pike_limited()),
+        "scanners_dropped": core.stats["scanners_dropped"],
+        "refused_at_bound": core.stats["refused_at_bound"],
         "overloaded": int(core.shedding),
         "transactions": {"server": len(core.layer.servers), "client": len(core.layer.clients)},
         "dialogs": {name: states[name] for name in _LIVE_STATES},
@@ -123,6 +127,26 @@ class SiphaCollector(Collector):
             "sipha_calls_shed",
             "New calls refused with 503 while overloaded",
             value=snap["calls_shed"],
+        )
+        yield CounterMetricFamily(
+            "sipha_pike_refused",
+            "Messages refused for their source sending over [pike] reqs_density_per_unit",
+            value=snap["pike_refused"],
+        )
+        yield GaugeMetricFamily(
+            "sipha_pike_limited_sources",
+            "Sources pike limits now",
+            value=snap["pike_limited_sources"],
+        )
+        yield CounterMetricFamily(
+            "sipha_scanners_dropped",
+            "Requests from known SIP scanners, dropped unanswered",
+            value=snap["scanners_dropped"],
+        )
+        yield CounterMetricFamily(
+            "sipha_refused_at_bound",
+            "Requests answered 503 at [limits] transactions or dialogs",
+            value=snap["refused_at_bound"],
         )
         yield GaugeMetricFamily(
             "sipha_overloaded",

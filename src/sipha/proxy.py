@@ -32,6 +32,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from twisted.logger import LogLevel
+
 from sipha.dialog import Dialog, Dialogs
 from sipha.logs import Log
 from sipha.message import (
@@ -44,6 +46,7 @@ from sipha.message import (
     make_response,
     parse_message,
 )
+from sipha.pike import Pike
 from sipha.routing import ALLOWED_METHODS, DROP, Relay, Reply, Route, RouteHelpers
 from sipha.transaction import (
     IGNORE_REPLIES,
@@ -122,6 +125,11 @@ class ProxyCore:
         timers: TimerSettings,
         *,
         node_listener: Any = None,
+        pike: Pike | None = None,
+        pike_reply: bool = False,
+        scanners: Sequence[str] = (),
+        max_transactions: int = 200_000,
+        max_dialogs: int = 100_000,
         max_message_size: int = 65535,
         dialog_timeout: float = 43200.0,
         helpers_factory: Any = None,
@@ -137,6 +145,12 @@ class ProxyCore:
         # Ringing calls taken over: (Call-ID, From tag) -> (peer, listener, branch, until).
         self._adopted: dict[tuple[str, str], tuple[Peer, Any, str, float]] = {}
         self.route = route
+        #: Per-source limiting (None: off); limited requests are answered 503 if ``pike_reply``.
+        self.pike = pike
+        self.pike_reply = pike_reply
+        self.scanners = tuple(agent.lower() for agent in scanners)
+        self.max_transactions = max_transactions
+        self.max_dialogs = max_dialogs
         self.max_message_size = max_message_size
         # Transaction and dialog timers share one wheel: one reactor call for all.
         wheel = TimerWheel(clock)
@@ -241,6 +255,9 @@ class ProxyCore:
             return
         if not data.strip(b"\r\n"):
             return  # keep-alive
+        if self.pike is not None and not self.pike.allow(source.host):
+            self._limit(data, source, local)
+            return
         try:
             message = parse_message(data, stream=source.reliable, max_size=self.max_message_size)
         except ParseError as error:
@@ -253,6 +270,25 @@ class ProxyCore:
             self.requests_received[message.method] += 1
             self._on_request(message, source, local)
 
+    def _limit(self, data: bytes, source: Peer, local: Any) -> None:
+        """A message from a source over pike's density: dropped, or a request answered 503."""
+        self.stats["pike_refused"] += 1
+        log.throttled(
+            LogLevel.warn,
+            "{source} sends more than pike allows: its messages are {what}",
+            source=source.host,
+            what="answered 503" if self.pike_reply else "dropped",
+        )
+        if not self.pike_reply:
+            return
+        try:
+            message = parse_message(data, stream=source.reliable, max_size=self.max_message_size)
+        except ParseError:
+            return
+        if isinstance(message, Request) and message.method != "ACK":
+            retry = (("Retry-After", str(SHED_RETRY_AFTER)),)
+            self._reply_statelessly(message, source, local, 503, "Rate Limited", retry)
+
     def _reject(self, error: ParseError, source: Peer, local: Any) -> None:
         """A malformed message: 400/513 for a request we can answer, otherwise drop it."""
         self.stats["parse_errors"] += 1
@@ -264,7 +300,8 @@ class ProxyCore:
                 reason=error.reason,
             )
             return
-        log.info(
+        log.throttled(
+            LogLevel.info,
             "rejected request from {source}: {status} {reason}",
             source=source,
             status=error.status,
@@ -354,6 +391,9 @@ class ProxyCore:
         return None if local is None else (Peer(transport, host, port), local)
 
     def _on_request(self, request: Request, source: Peer, local: Any) -> None:
+        if self.scanners and self._from_scanner(request):
+            self.stats["scanners_dropped"] += 1
+            return
         via = request.top_via
         rport = "rport" in via.params and via.params["rport"] is None
         if via.host != source.host or rport:
@@ -389,6 +429,11 @@ class ProxyCore:
             retry = (("Retry-After", str(SHED_RETRY_AFTER)),)
             self._reply_statelessly(request, source, local, 503, "Overloaded", retry)
             return
+        if request.method not in ("ACK", "CANCEL") and self._full(request):
+            self.stats["refused_at_bound"] += 1
+            retry = (("Retry-After", str(SHED_RETRY_AFTER)),)
+            self._reply_statelessly(request, source, local, 503, "Too Busy", retry)
+            return
         did = _route_did(request) if request.to_tag is not None else None
         loop_key = self._loop_key(request)
         rejection = self._validate(request, loop_key)
@@ -398,8 +443,10 @@ class ProxyCore:
             return
         if isinstance(decision, Reply):
             if request.method != "ACK":
-                self.layer.new_server(request, source, local).reply(
-                    decision.status, decision.reason, decision.headers
+                # Stateless: a retransmission is answered the same again, and a
+                # rejected request (a scanner's, a flood's) leaves nothing behind.
+                self._reply_statelessly(
+                    request, source, local, decision.status, decision.reason, decision.headers
                 )
             return
         assert isinstance(decision, Relay)
@@ -415,6 +462,24 @@ class ProxyCore:
             self._cancel(request, source, local)
         else:
             self._relay(request, source, local, decision, loop_key)
+
+    def _from_scanner(self, request: Request) -> bool:
+        """A known SIP scanner (sipvicious and the like): dropped without a word."""
+        agent = request.get("user-agent")
+        if agent is None:
+            return False
+        agent = agent.lower()
+        return any(name in agent for name in self.scanners)
+
+    def _full(self, request: Request) -> bool:
+        """Would this request make sipha hold more transactions, or calls, than its bounds?"""
+        if len(self.layer.servers) >= self.max_transactions:
+            return True
+        return (
+            request.method == "INVITE"
+            and request.to_tag is None
+            and len(self.dialogs) >= self.max_dialogs
+        )
 
     def _forward_on_adopted_branch(
         self, request: Request, adopted: tuple[Peer, Any, str, float]

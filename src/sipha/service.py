@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import signal
 import socket
@@ -21,6 +22,7 @@ from sipha.dispatcher import Dispatcher
 from sipha.ha import AddressWatch, HighAvailability, Role
 from sipha.logs import Log, set_level
 from sipha.operations import add_operations
+from sipha.pike import Pike, TrustedSources
 from sipha.probing import Prober
 from sipha.proxy import OverloadGuard, ProxyCore
 from sipha.replication import Outbox, ReplicationLink, WarmCopy
@@ -28,6 +30,7 @@ from sipha.routing import RouteHelpers
 from sipha.store import Database
 from sipha.transaction import TimerSettings
 from sipha.transport import ListenError, Transports
+from sipha.uri import URIError, parse_uri
 
 log = Log(namespace="sipha.service")
 
@@ -59,12 +62,33 @@ def node_listener(config: Config) -> ListenAddress | None:
     return ListenAddress("udp", config.ha.node_address, ports[0] if ports else 5060)
 
 
+def trusted_hosts(config: Config, dispatcher: Dispatcher, balancer: LoadBalancer) -> set[str]:
+    """What pike never limits besides ``[pike] trusted``: the media servers and the pair."""
+    hosts = {config.ha.node_address, config.ha.peer, *(lst.host for lst in config.proxy.listen)}
+    for entry in (*dispatcher.list(), *balancer.list()):
+        with contextlib.suppress(URIError):
+            hosts.add(parse_uri(entry["uri"]).host)
+    hosts.discard("")
+    return hosts
+
+
 def build_core(
     config: Config, clock: Any, send: Any, modules: tuple[Dispatcher, LoadBalancer] | None = None
 ) -> ProxyCore:
     """The sans-IO proxy for ``config``, on ``clock`` and writing through ``send``."""
     dispatcher, balancer = modules or build_modules(config)
     timers = config.timers
+    pike = None
+    if config.pike.enabled:
+        trusted = TrustedSources(config.pike.trusted)
+        trusted.update(trusted_hosts(config, dispatcher, balancer))
+        pike = Pike(
+            clock,
+            sampling_time_unit=config.pike.sampling_time_unit,
+            reqs_density_per_unit=config.pike.reqs_density_per_unit,
+            remove_latency=config.pike.remove_latency,
+            trusted=trusted,
+        )
 
     def helpers(core: ProxyCore) -> RouteHelpers:
         return RouteHelpers(core, config.route, config.proxy.max_forwards, balancer, dispatcher)
@@ -76,6 +100,11 @@ def build_core(
         config.route.load_function(),
         TimerSettings(timers.t1, timers.t2, timers.t4, timers.fr_timer, timers.fr_inv_timer),
         node_listener=node_listener(config),
+        pike=pike,
+        pike_reply=config.pike.action == "reply",
+        scanners=config.scanners.user_agents if config.scanners.drop else (),
+        max_transactions=config.limits.transactions,
+        max_dialogs=config.limits.dialogs,
         max_message_size=config.proxy.max_message_size,
         dialog_timeout=config.dialog.default_timeout,
         helpers_factory=helpers,
@@ -111,6 +140,8 @@ GC_FULL_INTERVAL = 3600.0
 OVERLOAD_QUEUE = 8 * 1024 * 1024
 #: Seconds between two readings of the receive queue.
 OVERLOAD_CHECK_INTERVAL = 0.1
+#: Seconds between two sweeps of the sources pike no longer hears from.
+PIKE_EXPIRY_INTERVAL = 30.0
 
 
 def collect_old_garbage() -> None:
@@ -181,6 +212,9 @@ class SIPService(service.MultiService):
         )
         control.core = core
         control.probers = self._start_probers(dispatcher, balancer)
+        if core.pike is not None:
+            pike = core.pike
+            control.on_reload = lambda: self._trust_destinations(pike, dispatcher, balancer)
         timers = config.timers
         self.ha = control.ha = HighAvailability(
             reactor,
@@ -199,6 +233,7 @@ class SIPService(service.MultiService):
         high = min(OVERLOAD_QUEUE, config.proxy.udp_receive_buffer)
         for interval, call, args in (
             (GC_FULL_INTERVAL, collect_old_garbage, ()),
+            (PIKE_EXPIRY_INTERVAL, self._expire_pike, ()),
             (OVERLOAD_CHECK_INTERVAL, self._watch_overload, (OverloadGuard(high, high // 8),)),
         ):
             timer = internet.TimerService(interval, call, *args)
@@ -218,6 +253,19 @@ class SIPService(service.MultiService):
         else:
             self.ha.set_role(Role.ACTIVE, "no virtual IP configured")
         log.info("sipha {version} started with {config}", version=__version__, config=config.path)
+
+    def _trust_destinations(
+        self, pike: Pike, dispatcher: Dispatcher, balancer: LoadBalancer
+    ) -> None:
+        """The destinations changed: pike trusts the media servers now listed."""
+        if isinstance(pike.trusted, TrustedSources):
+            pike.trusted.update(trusted_hosts(self.config, dispatcher, balancer))
+            pike.retrust()
+
+    def _expire_pike(self) -> None:
+        assert self.core is not None
+        if self.core.pike is not None:
+            self.core.pike.expire()
 
     def _start_probers(self, dispatcher: Dispatcher, balancer: LoadBalancer) -> list[Prober]:
         """A prober per module with an interval, from the node's own address if it has one."""

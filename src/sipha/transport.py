@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IAddress
+from twisted.logger import LogLevel
 
 from sipha.config import ListenAddress
 from sipha.logs import Log
@@ -147,7 +148,12 @@ class SIPStreamProtocol(protocol.Protocol):
             for message in self.framer.feed(data):
                 self.transports.core.receive(message, self.peer, self.listener)
         except ParseError as error:
-            log.info("closing stream from {peer}: {reason}", peer=self.peer, reason=error.reason)
+            log.throttled(
+                LogLevel.info,
+                "closing stream from {peer}: {reason}",
+                peer=self.peer,
+                reason=error.reason,
+            )
             self.transport.loseConnection()  # type: ignore[union-attr]
         except Exception:
             log.failure("error handling a stream message from {peer}", peer=self.peer)

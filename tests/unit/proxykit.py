@@ -30,6 +30,9 @@ resources = "pstn=32"
 [[dispatcher.destination]]
 setid = 1
 destination = "sip:127.0.0.1:5071"
+# The callers of these tests (192.0.2.0/24) send as fast as the tests go.
+[pike]
+trusted = ["192.0.2.0/24"]
 """
 
 
