@@ -708,6 +708,11 @@ class StreamFramer:
         self.max_size = max_size
         self._buffer = b""
 
+    @property
+    def pending(self) -> bool:
+        """Is part of a message waiting for the rest?"""
+        return bool(self._buffer)
+
     def feed(self, data: bytes) -> Iterator[bytes]:
         self._buffer += data
         while True:

@@ -28,6 +28,7 @@ from sipha.proxy import OverloadGuard, ProxyCore
 from sipha.replication import Outbox, ReplicationLink, WarmCopy
 from sipha.routing import RouteHelpers
 from sipha.store import Database
+from sipha.tls import TLSContexts, TLSError
 from sipha.transaction import TimerSettings
 from sipha.transport import ListenError, Transports
 from sipha.uri import URIError, parse_uri
@@ -168,6 +169,7 @@ class SIPService(service.MultiService):
         self.store: DialogStore | None = None
         self.control: Control | None = None
         self.ha: HighAvailability | None = None
+        self.tls: TLSContexts | None = None
         self.address_watch: AddressWatch | None = None
         self.ready: defer.Deferred[None] = defer.Deferred()
         self._tables: defer.Deferred[None] = defer.succeed(None)
@@ -185,7 +187,14 @@ class SIPService(service.MultiService):
         set_level(config.log.level)
         tune_garbage_collector()
         dispatcher, balancer = build_modules(config)
-        self.transports = Transports(reactor, config.proxy.max_message_size)
+        self.tls = TLSContexts(config.tls)
+        try:
+            self.tls.load()
+        except TLSError as error:
+            raise SystemExit(f"sipha: {error}") from None
+        self.transports = Transports(
+            reactor, config.proxy.max_message_size, config.limits, self.tls
+        )
         self.core = core = build_core(config, reactor, self.transports.send, (dispatcher, balancer))
         self.transports.core = core
         try:
@@ -352,8 +361,14 @@ class SIPService(service.MultiService):
             log.info("receive queue drained: taking new calls again")
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
-        """``kill -HUP`` reloads the destination tables, like an MI ``ds_reload``/``lb_reload``."""
-        self.reactor.callFromThread(lambda: defer.ensureDeferred(self._load_tables()))
+        """``kill -HUP`` reloads the destination tables (MI ``ds_reload``/``lb_reload``) and TLS files."""
+
+        def reload() -> None:
+            if self.tls is not None:
+                self.tls.reload()
+            defer.ensureDeferred(self._load_tables())
+
+        self.reactor.callFromThread(reload)
 
     def stopService(self) -> defer.Deferred[None]:  # noqa: N802
         return defer.ensureDeferred(self._stop())

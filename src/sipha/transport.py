@@ -12,17 +12,23 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import resource
 import socket
 import struct
+from collections import Counter
 from typing import Any
 
 from twisted.internet import protocol
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IAddress
 from twisted.logger import LogLevel
+from twisted.protocols import policies
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from sipha.config import ListenAddress
+from sipha.config import LimitsConfig, ListenAddress
 from sipha.logs import Log
 from sipha.message import ParseError, StreamFramer
+from sipha.tls import TLSContexts
 from sipha.transaction import Peer
 
 log = Log(namespace="sipha.transport")
@@ -125,25 +131,34 @@ class SIPDatagramProtocol(protocol.DatagramProtocol):
             log.failure("error handling a datagram from {addr}", addr=addr)
 
 
-class SIPStreamProtocol(protocol.Protocol):
-    """One TCP connection, inbound or outbound, framed by Content-Length."""
+class SIPStreamProtocol(protocol.Protocol, policies.TimeoutMixin):
+    """One TCP or TLS connection, inbound or outbound, framed by Content-Length.
 
-    def __init__(self, transports: Transports, listener: ListenAddress):
+    Bounded in time: it is closed after ``[limits] tcp_idle_timeout`` seconds
+    without a byte (a CRLF keep-alive counts), and when a message it began is
+    not complete within ``tcp_message_timeout`` (a slow sender); in size by
+    the framer (``max_message_size``).
+    """
+
+    def __init__(self, transports: Transports, listener: ListenAddress, peer: Peer | None = None):
         self.transports = transports
         self.listener = listener
         self.framer = StreamFramer(transports.max_message_size)
-        self.peer: Peer | None = None
+        self.peer = peer
         self.pending: list[bytes] = []
+        self._slow: Any = None  # the deadline of a message begun and not complete
 
     def connectionMade(self) -> None:  # noqa: N802
         address: IAddress = self.transport.getPeer()  # type: ignore[union-attr]
-        self.peer = Peer("tcp", address.host, address.port)  # type: ignore[attr-defined]
-        self.transports.connections[(self.peer.host, self.peer.port)] = self
+        self.peer = Peer(self.listener.transport, address.host, address.port)  # type: ignore[attr-defined]
+        self.transports.opened(self)
+        self.setTimeout(self.transports.limits.tcp_idle_timeout)
         for data in self.pending:
             self.transport.write(data)  # type: ignore[union-attr]
         self.pending.clear()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.resetTimeout()
         try:
             for message in self.framer.feed(data):
                 self.transports.core.receive(message, self.peer, self.listener)
@@ -157,41 +172,133 @@ class SIPStreamProtocol(protocol.Protocol):
             self.transport.loseConnection()  # type: ignore[union-attr]
         except Exception:
             log.failure("error handling a stream message from {peer}", peer=self.peer)
+        self._watch_slow_sender()
+
+    def _watch_slow_sender(self) -> None:
+        if self.framer.pending and self._slow is None:
+            limit = self.transports.limits.tcp_message_timeout
+            self._slow = self.transports.reactor.callLater(limit, self._too_slow)
+        elif not self.framer.pending and self._slow is not None:
+            self._slow.cancel()
+            self._slow = None
+
+    def _too_slow(self) -> None:
+        self._slow = None
+        log.throttled(
+            LogLevel.info,
+            "closing stream from {peer}: a message not complete in {limit:g} s",
+            peer=self.peer,
+            limit=self.transports.limits.tcp_message_timeout,
+        )
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def timeoutConnection(self) -> None:  # noqa: N802
+        log.throttled(LogLevel.info, "closing idle stream from {peer}", peer=self.peer)
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        self.setTimeout(None)
+        if self._slow is not None:
+            self._slow.cancel()
+            self._slow = None
         if self.peer is not None:
-            key = (self.peer.host, self.peer.port)
-            if self.transports.connections.get(key) is self:
-                del self.transports.connections[key]
+            self.transports.closed(self)
+        if self.listener.transport == "tls" and reason is not None:
+            error = reason.value
+            if not isinstance(error, ConnectionDone | ConnectionLost):
+                log.throttled(
+                    LogLevel.warn, "TLS with {peer} failed: {error}", peer=self.peer, error=error
+                )
 
     def send(self, data: bytes) -> None:
-        if self.peer is None:
+        if self.transport is None:
             self.pending.append(data)
         else:
-            self.transport.write(data)  # type: ignore[union-attr]
+            self.transport.write(data)
 
 
 class SIPStreamFactory(protocol.Factory):
+    """Accepts a connection on a stream listener, within the bounds; TLS inside when it is one."""
+
     noisy = False
 
     def __init__(self, transports: Transports, listener: ListenAddress):
         self.transports = transports
         self.listener = listener
+        self.tls: TLSMemoryBIOFactory | None = None
+        if listener.transport == "tls":
+            self.tls = TLSMemoryBIOFactory(transports.tls, False, self._plain())
 
-    def buildProtocol(self, addr: Any) -> SIPStreamProtocol:  # noqa: N802
+    def _plain(self) -> protocol.Factory:
+        plain = protocol.Factory()
+        plain.noisy = False
+        plain.buildProtocol = lambda addr: SIPStreamProtocol(self.transports, self.listener)  # type: ignore[method-assign]
+        return plain
+
+    def buildProtocol(self, addr: Any) -> protocol.Protocol | None:  # noqa: N802
+        refusal = self.transports.refusal(addr.host)
+        if refusal is not None:
+            self.transports.refused += 1
+            log.throttled(
+                LogLevel.warn,
+                "refused a {transport} connection from {host}: {why}",
+                transport=self.listener.transport,
+                host=addr.host,
+                why=refusal,
+            )
+            return None  # Twisted closes it at once
+        if self.tls is not None:
+            return self.tls.buildProtocol(addr)
         return SIPStreamProtocol(self.transports, self.listener)
 
 
 class Transports:
     """Every socket sipha owns, and the ``send`` the proxy core calls."""
 
-    def __init__(self, reactor: Any, max_message_size: int = 65535):
+    def __init__(
+        self,
+        reactor: Any,
+        max_message_size: int = 65535,
+        limits: LimitsConfig | None = None,
+        tls: TLSContexts | None = None,
+    ):
         self.reactor = reactor
         self.max_message_size = max_message_size
+        self.limits = limits or LimitsConfig()
+        self.tls = tls
         self.core: Any = None
         self.udp: dict[ListenAddress, Any] = {}
         self.tcp: dict[ListenAddress, Any] = {}
-        self.connections: dict[tuple[str, int], SIPStreamProtocol] = {}
+        #: Open streams by peer (transport, host, port), in either direction.
+        self.connections: dict[Peer, SIPStreamProtocol] = {}
+        self._per_source: Counter[str] = Counter()
+        self.refused = 0
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        #: Streams allowed at once: the bound, and the descriptors that leave a reserve.
+        self.stream_limit = min(
+            self.limits.tcp_connections, max(1, soft - self.limits.reserved_descriptors - 32)
+        )
+
+    def refusal(self, host: str) -> str | None:
+        """Why a new connection from ``host`` must be refused, or None."""
+        if len(self.connections) >= self.stream_limit:
+            return f"{len(self.connections)} connections open, the most allowed"
+        if self._per_source[host] >= self.limits.tcp_connections_per_source:
+            return f"{self._per_source[host]} connections from it already"
+        return None
+
+    def opened(self, connection: SIPStreamProtocol) -> None:
+        assert connection.peer is not None
+        self.connections[connection.peer] = connection
+        self._per_source[connection.peer.host] += 1
+
+    def closed(self, connection: SIPStreamProtocol) -> None:
+        assert connection.peer is not None
+        if self.connections.get(connection.peer) is connection:
+            del self.connections[connection.peer]
+        self._per_source[connection.peer.host] -= 1
+        if self._per_source[connection.peer.host] <= 0:
+            del self._per_source[connection.peer.host]
 
     def listen(self, listener: ListenAddress, receive_buffer: int) -> None:
         sock = bind_socket(listener, receive_buffer)
@@ -226,7 +333,8 @@ class Transports:
 
     async def stop(self) -> None:
         for connection in list(self.connections.values()):
-            connection.transport.loseConnection()  # type: ignore[union-attr]
+            if connection.transport is not None:
+                connection.transport.loseConnection()
         for port in [*self.udp.values(), *self.tcp.values()]:
             await port.stopListening()
         self.udp.clear()
@@ -258,31 +366,38 @@ class Transports:
                 # retransmissions and timers deal with the loss.
                 log.debug("send to {peer} failed: {error}", peer=peer, error=error)
             return
-        connection = self.connections.get((peer.host, peer.port))
+        connection = self.connections.get(peer)
         if connection is None:
             connection = self._connect(peer, local)
         connection.send(data)
 
     def _connect(self, peer: Peer, local: ListenAddress) -> SIPStreamProtocol:
-        connection = SIPStreamProtocol(self, local)
-        self.connections[(peer.host, peer.port)] = connection
-        factory = protocol.ClientFactory()
+        connection = SIPStreamProtocol(self, local, peer)
+        self.connections[peer] = connection
+        factory: protocol.ClientFactory = protocol.ClientFactory()
         factory.noisy = False
         factory.buildProtocol = lambda addr: connection  # type: ignore[method-assign]
 
         def failed(_connector: Any, reason: Any) -> None:
-            log.info(
-                "cannot connect to {peer}: {reason}", peer=peer, reason=reason.getErrorMessage()
+            log.throttled(
+                LogLevel.info,
+                "cannot connect to {peer}: {reason}",
+                peer=peer,
+                reason=reason.getErrorMessage(),
             )
-            if self.connections.get((peer.host, peer.port)) is connection:
-                del self.connections[(peer.host, peer.port)]
+            if self.connections.get(peer) is connection:
+                del self.connections[peer]
 
         factory.clientConnectionFailed = failed  # type: ignore[method-assign]
+        outbound: protocol.Factory = factory
+        if peer.transport == "tls":
+            assert self.tls is not None, "TLS needs [tls] and a tls: listener"
+            outbound = TLSMemoryBIOFactory(self.tls.client(peer.host), True, factory)
         # From the listener's own address (the virtual IP): what Via and
         # Record-Route name, and what a client's firewall lets in. After a
         # takeover this is how an in-dialog request reaches a TCP client whose
         # connection ended with the other node.
         self.reactor.connectTCP(
-            peer.host, peer.port, factory, timeout=5, bindAddress=(local.host, 0)
+            peer.host, peer.port, outbound, timeout=5, bindAddress=(local.host, 0)
         )
         return connection
