@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tlskit import CertificateAuthority
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "etc" / "sipha.toml"
 TWISTD = Path(sys.executable).with_name("twistd")
@@ -117,3 +119,42 @@ def test_bad_config_stops_before_daemonizing(tmp_path: Path) -> None:
     ]
     assert not pidfile.exists()
     assert not logfile.exists()
+
+
+def test_certificates_that_cannot_be_used_are_one_line(tmp_path: Path) -> None:
+    ca = CertificateAuthority(tmp_path)
+    sipha, other = ca.issue("sipha", "127.0.0.1"), ca.issue("other", "127.0.0.1")
+    config = tmp_path / "sipha.toml"
+    for tls, error in (
+        (
+            f'certificate = "{sipha.certificate}"\nprivate_key = "{other.private_key}"',
+            f"tls.private_key: {other.private_key}: not the private key of tls.certificate",
+        ),
+        (
+            f'certificate = "{sipha.private_key}"\nprivate_key = "{sipha.private_key}"',
+            f"tls.certificate: {sipha.private_key}: no PEM certificate in it",
+        ),
+        (
+            f'ca_certificates = "{config}"',
+            f"tls.ca_certificates: {config}: no PEM certificate in it",
+        ),
+    ):
+        listen = '[proxy]\nlisten = ["tls:127.0.0.1:5061"]\n' if "certificate =" in tls else ""
+        config.write_text(f"{listen}[tls]\n{tls}\n")
+        result = twistd("sipha", "--config", config, "--check-config", cwd=tmp_path)
+        assert result.returncode == 1
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"sipha: {config}: {error}"), line
+
+
+def test_usable_certificates_pass_the_check(tmp_path: Path) -> None:
+    ca = CertificateAuthority(tmp_path)
+    sipha = ca.issue("sipha", "127.0.0.1")
+    config = tmp_path / "sipha.toml"
+    config.write_text(
+        '[proxy]\nlisten = ["tls:127.0.0.1:5061"]\n[tls]\n'
+        f'certificate = "{sipha.certificate}"\nprivate_key = "{sipha.private_key}"\n'
+        f'ca_certificates = "{ca.path}"\n'
+    )
+    result = twistd("sipha", "--config", config, "--check-config", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")

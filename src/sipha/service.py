@@ -28,7 +28,7 @@ from sipha.proxy import OverloadGuard, ProxyCore
 from sipha.replication import Outbox, ReplicationLink, WarmCopy
 from sipha.routing import RouteHelpers
 from sipha.store import Database
-from sipha.tls import TLSContexts, TLSError
+from sipha.tls import TLSContexts
 from sipha.transaction import TimerSettings
 from sipha.transport import ListenError, Transports
 from sipha.uri import URIError, parse_uri
@@ -188,10 +188,7 @@ class SIPService(service.MultiService):
         tune_garbage_collector()
         dispatcher, balancer = build_modules(config)
         self.tls = TLSContexts(config.tls)
-        try:
-            self.tls.load()
-        except TLSError as error:
-            raise SystemExit(f"sipha: {error}") from None
+        self.tls.load()  # checked with the config already (sipha.tap)
         self.transports = Transports(
             reactor, config.proxy.max_message_size, config.limits, self.tls
         )

@@ -66,6 +66,7 @@ class Options(usage.Options):
         try:
             config.route.load_function()
             check_operations(config)
+            check_tls(config)
         except ConfigError as e:
             raise SystemExit(f"sipha: {path}: {e}") from None
         self.config = config
@@ -75,6 +76,14 @@ class Options(usage.Options):
         if self["check-config"]:
             print(f"config OK: {path}")
             raise SystemExit(0)
+
+
+def check_tls(config: Config) -> None:
+    """Certificates and keys that cannot be used stop the start here, with the key named."""
+    if config.tls.certificate or config.tls.ca_certificates:
+        from sipha.tls import TLSContexts
+
+        TLSContexts(config.tls).load()
 
 
 def makeService(options: Options) -> IService:  # noqa: N802

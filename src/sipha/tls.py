@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
-from sipha.config import TLSConfig
+from sipha.config import ConfigError, TLSConfig
 from sipha.logs import Log
 
 log = Log(namespace="sipha.tls")
@@ -31,15 +32,21 @@ _PEM_CERTIFICATE = re.compile(
 )
 
 
-class TLSError(Exception):
-    """Certificates that cannot be used; the message names the file and says why."""
-
-
-def _certificates(path: str) -> list[ssl.Certificate]:
-    blocks = _PEM_CERTIFICATE.findall(Path(path).read_bytes())
+def _pem_certificates(key: str, path: str) -> list[bytes]:
+    try:
+        blocks: list[bytes] = _PEM_CERTIFICATE.findall(Path(path).read_bytes())
+    except OSError as error:
+        raise ConfigError(key, f"{path}: {error.strerror or error}") from None
     if not blocks:
-        raise TLSError(f"{path}: no PEM certificate in it")
-    return [ssl.Certificate.loadPEM(block) for block in blocks]
+        raise ConfigError(key, f"{path}: no PEM certificate in it")
+    return blocks
+
+
+def _certificates(key: str, path: str) -> list[ssl.Certificate]:
+    try:
+        return [ssl.Certificate.loadPEM(block) for block in _pem_certificates(key, path)]
+    except (SSL.Error, ValueError) as error:
+        raise ConfigError(key, f"{path}: not a certificate ({error})") from None
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -54,29 +61,32 @@ class TLSContexts:
         self._clients: dict[str, Any] = {}
 
     def load(self) -> None:
-        """(Re)read the PEM files; a bad file raises TLSError and keeps the old ones."""
+        """(Re)read the PEM files; a bad one raises ConfigError naming its key, the old stay."""
         settings = self.settings
-        try:
-            identity = chain = None
-            if settings.certificate:
-                leaf, *chain = _certificates(settings.certificate)
-                key = ssl.KeyPair.load(Path(settings.private_key).read_bytes(), ssl.FILETYPE_PEM)
-                identity = ssl.PrivateCertificate.fromCertificateAndKeyPair(leaf, key)
-            trust: Any = (
-                ssl.trustRootFromCertificates(_certificates(settings.ca_certificates))
-                if settings.ca_certificates
-                else ssl.platformTrust()
+        identity, server = None, None
+        if settings.certificate:
+            leaf, *rest = _pem_certificates("tls.certificate", settings.certificate)
+            try:
+                pem_key = Path(settings.private_key).read_bytes()
+                identity = ssl.PrivateCertificate.loadPEM(leaf + b"\n" + pem_key)
+            except Exception as error:  # pyOpenSSL and Twisted raise a variety here
+                raise ConfigError(
+                    "tls.private_key",
+                    f"{settings.private_key}: not the private key of tls.certificate ({error})",
+                ) from None
+            chain = [ssl.Certificate.loadPEM(block) for block in rest]
+            server = ssl.CertificateOptions(
+                privateKey=identity.privateKey.original,
+                certificate=identity.original,
+                extraCertChain=[c.original for c in chain],
             )
-            server = None
-            if identity is not None:
-                server = ssl.CertificateOptions(
-                    privateKey=identity.privateKey.original,
-                    certificate=identity.original,
-                    extraCertChain=[c.original for c in chain or ()],
-                )
-                server.getContext()  # a key that does not match fails here, not per connection
-        except (OSError, SSL.Error, ValueError) as error:
-            raise TLSError(f"tls: {error}") from None
+        trust: Any = (
+            ssl.trustRootFromCertificates(
+                _certificates("tls.ca_certificates", settings.ca_certificates)
+            )
+            if settings.ca_certificates
+            else ssl.platformTrust()
+        )
         self._server, self._identity, self._trust = server, identity, trust
         self._clients.clear()
 
@@ -84,7 +94,7 @@ class TLSContexts:
         """SIGHUP: the files again; a failure is logged and the certificates in use stay."""
         try:
             self.load()
-        except TLSError as error:
+        except ConfigError as error:
             log.error("{error}; the certificates loaded before stay in use", error=error)
             return
         log.info("TLS certificates reloaded")
@@ -103,3 +113,14 @@ class TLSContexts:
                 hostname, trustRoot=self._trust, clientCertificate=self._identity
             )
         return options
+
+
+def describe_failure(error: BaseException, host: str) -> str:
+    """What went wrong with a TLS connection, for one log line an operator can act on."""
+    if isinstance(error, VerificationError):
+        return f"its certificate is not for {host}"
+    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
+        reasons = [entry[-1] for entry in error.args[0] if entry]
+        if reasons:
+            return "; ".join(reasons)
+    return str(error) or type(error).__name__

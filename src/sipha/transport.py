@@ -28,7 +28,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from sipha.config import LimitsConfig, ListenAddress
 from sipha.logs import Log
 from sipha.message import ParseError, StreamFramer
-from sipha.tls import TLSContexts
+from sipha.tls import TLSContexts, describe_failure
 from sipha.transaction import Peer
 
 log = Log(namespace="sipha.transport")
@@ -203,11 +203,15 @@ class SIPStreamProtocol(protocol.Protocol, policies.TimeoutMixin):
             self._slow = None
         if self.peer is not None:
             self.transports.closed(self)
-        if self.listener.transport == "tls" and reason is not None:
+        if self.listener.transport == "tls" and reason is not None and self.peer is not None:
             error = reason.value
             if not isinstance(error, ConnectionDone | ConnectionLost):
                 log.throttled(
-                    LogLevel.warn, "TLS with {peer} failed: {error}", peer=self.peer, error=error
+                    LogLevel.warn,
+                    "TLS with {host}:{port} failed: {why}",
+                    host=self.peer.host,
+                    port=self.peer.port,
+                    why=describe_failure(error, self.peer.host),
                 )
 
     def send(self, data: bytes) -> None:

@@ -457,14 +457,15 @@ def socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def _is_bound(pid: int, port: int, protocol: str) -> bool:
+def is_bound(pid: int, port: int, protocol: str) -> bool:
     """Whether process ``pid`` holds a socket bound to ``port`` (TCP: listening).
 
     Reads /proc instead of probing the port, which could steal the port from
-    sipp while it starts or leave stray calls in its statistics.
+    sipp while it starts or leave stray calls in its statistics; the tables of
+    the process's own network namespace, so it works inside one too.
     """
     inodes = socket_inodes(pid)
-    for table in (f"/proc/net/{protocol}", f"/proc/net/{protocol}6"):
+    for table in (f"/proc/{pid}/net/{protocol}", f"/proc/{pid}/net/{protocol}6"):
         with contextlib.suppress(OSError), open(table) as lines:
             next(lines, None)
             for line in lines:
@@ -564,7 +565,7 @@ class MediaServer:
             )
         protocol = _TRANSPORTS.get(self.transport, "udp")
         deadline = time.monotonic() + timeout
-        while not _is_bound(self.process.pid, self.port, protocol):
+        while not is_bound(self.process.pid, self.port, protocol):
             if self.process.poll() is not None:
                 result = self.stop()
                 pytest.fail(f"{self!r} exited at start\n{result.describe()}")
