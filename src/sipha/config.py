@@ -734,6 +734,7 @@ class PikeConfig:
     reqs_density_per_unit: int = setting(Int(ge=1), 30)
     remove_latency: float = setting(Number(gt=0), 120)
     action: str = setting(Choice(("drop", "reply")), "drop")
+    nftables: bool = setting(Bool(), False)
     trusted: tuple[str, ...] = setting(List(Parsed(_network, "a network", keep_text=False)), [])
 
 

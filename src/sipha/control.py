@@ -30,6 +30,7 @@ from sipha.store import Database, DispatcherRow, LoadBalancerRow
 if TYPE_CHECKING:
     from sipha.ha import HighAvailability
     from sipha.message import Response
+    from sipha.nftables import KernelBlocklist
     from sipha.probing import Prober
     from sipha.proxy import ProxyCore
     from sipha.transaction import ClientTransaction
@@ -65,6 +66,7 @@ class Control:
         self.core: ProxyCore | None = None
         self.probers: list[Prober] = []
         self.ha: HighAvailability | None = None
+        self.blocklist: KernelBlocklist | None = None
         #: Called after each reload of the destinations (pike trusts the new ones).
         self.on_reload: Callable[[], None] = lambda: None
 
@@ -112,9 +114,20 @@ class Control:
         return await ha.reconcile()
 
     def pike_limited(self) -> list[dict[str, Any]]:
-        """The sources pike limits now (``sipha-ctl pike``)."""
+        """The sources pike limits now (``sipha-ctl pike``), and those the kernel drops.
+
+        ``kernel_until`` is when a source leaves the kernel's set (``[pike]
+        nftables``); sipha sees nothing of it until then.
+        """
         pike = self.core.pike if self.core is not None else None
-        return pike.limited() if pike is not None else []
+        found = {entry["source"]: entry for entry in (pike.limited() if pike else [])}
+        blocklist = self.blocklist
+        for source in blocklist.listed if blocklist is not None else ():
+            until = blocklist.until(source) if blocklist is not None else None
+            if until is not None:
+                entry = found.setdefault(source, {"source": source, "refused": 0, "last_seen": None})
+                entry["kernel_until"] = until
+        return list(found.values())
 
     def ha_status(self) -> dict[str, Any]:
         """The node's role in the pair, since when, and its last takeover."""

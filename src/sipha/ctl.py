@@ -209,8 +209,17 @@ def show_counters(result: Mapping[str, Any]) -> str:
 def show_limited(result: Sequence[Mapping[str, Any]]) -> str:
     """``sipha-ctl pike``: each limited source, how much it was refused, when last heard."""
     now = time.time()
-    rows = [(s["source"], s["refused"], f"{now - s['last_seen']:.0f}s ago") for s in result]
-    return f"{len(rows)} sources limited\n" + table(("SOURCE", "REFUSED", "LAST SEEN"), rows)
+    rows = [
+        (
+            s["source"],
+            s["refused"],
+            f"{now - s['last_seen']:.0f}s ago" if s["last_seen"] else "-",
+            f"{s['kernel_until'] - now:.0f}s more" if s.get("kernel_until") else "-",
+        )
+        for s in result
+    ]
+    headers = ("SOURCE", "REFUSED", "LAST SEEN", "KERNEL DROPS IT")
+    return f"{len(rows)} sources limited\n" + table(headers, rows)
 
 
 def show_role(result: Mapping[str, Any]) -> str:

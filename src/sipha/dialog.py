@@ -126,6 +126,9 @@ class Dialogs:
     ``is_local(uri)`` tells sipha's own Record-Route entries apart, to split a
     2xx's Record-Route into the callee's and the caller's route sets.
     ``observers`` hear of every change (see :class:`DialogObserver`).
+    ``ack_timeout``: an answered call whose ACK never came is dropped, silently,
+    that long after its 2xx (the UAS gives up on it after 64*T1 and hangs up,
+    RFC 3261 §13.3.1.4; its BYE may have been lost too); None keeps it.
     ``on_end(dialog, reason)`` is called once per dialog as it is deleted
     (reason: ``failed``, ``bye``, ``timeout``, ``ended``), after its allocation
     is released.
@@ -138,6 +141,7 @@ class Dialogs:
         *,
         is_local: Callable[[str], bool] = lambda uri: False,
         observers: tuple[DialogObserver, ...] = (),
+        ack_timeout: float | None = None,
         on_end: Callable[[Dialog, str], None] | None = None,
         rng: random.Random | None = None,
     ):
@@ -145,6 +149,7 @@ class Dialogs:
         self.default_timeout = default_timeout
         self.is_local = is_local
         self.observers = observers
+        self.ack_timeout = ack_timeout
         self.on_end = on_end
         self._rng = rng or random.Random()
         self._next_id: dict[int, int] = {}
@@ -223,7 +228,16 @@ class Dialogs:
         dialog.callee_route_set, dialog.caller_route_set = self._route_sets(response)
         dialog.start_time = self.clock.seconds()
         self._arm(dialog, dialog.start_time + self.default_timeout)
+        if self.ack_timeout is not None:
+            dialog.timer.cancel()  # the ACK's deadline comes first
+            dialog.timer = self.clock.callLater(self.ack_timeout, self._ack_due, dialog)
         self._changed(dialog)
+
+    def _ack_due(self, dialog: Dialog) -> None:
+        if dialog.state is DialogState.CONFIRMED_NA:
+            self.end(dialog, "unacknowledged")
+        else:
+            self._arm(dialog, dialog.timeout_at)
 
     def _route_sets(self, response: Response) -> tuple[list[str], list[str]]:
         """Split a 2xx's Record-Route at sipha's own entries (§12.1.1, §12.1.2).

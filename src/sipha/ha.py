@@ -91,6 +91,7 @@ class HighAvailability:
         store: DialogStore | None = None,
         probers: Iterable[Prober] = (),
         early_lifetime: float = 32.0,
+        probe_while_passive: bool = False,
         tables_loaded: Callable[[], defer.Deferred[None]] | None = None,
     ):
         self.clock = clock
@@ -100,6 +101,8 @@ class HighAvailability:
         self.virtual_ips = tuple(virtual_ips)
         self.store = store
         self.probers = list(probers)
+        #: Probes leave from the node's own address, not the VIP: they go on while passive.
+        self.probe_while_passive = probe_while_passive
         #: How long a ringing call taken over may still ring (fr_inv_timer and some).
         self.early_lifetime = early_lifetime
         self.tables_loaded = tables_loaded
@@ -179,7 +182,7 @@ class HighAvailability:
         if self.store is not None:
             self.store.suspend()
         for prober in self.probers:
-            prober.active = prober.local is not None  # never from the VIP
+            prober.active = self.probe_while_passive  # never from the VIP
         if dropped:
             log.info(
                 "{count} calls dropped from memory: the other node carries them", count=dropped

@@ -64,6 +64,8 @@ class Pike:
         self.trusted = trusted
         self.max_sources = max_sources
         self.refused = 0
+        #: Told each source that becomes limited (the kernel's blocklist listens).
+        self.on_limited: Callable[[str], None] = lambda source: None
         self._sources: OrderedDict[str, _Source] = OrderedDict()
         self._keys: dict[str, str | None] = {}  # address -> source key, None if trusted
 
@@ -97,8 +99,9 @@ class Pike:
                     source.refused = 0
         source.last_seen = now
         source.count += 1
-        if source.count > self.density:
+        if source.count > self.density and not source.limited:
             source.limited = True
+            self.on_limited(key)
         if source.limited:
             source.refused += 1
             self.refused += 1

@@ -161,7 +161,11 @@ class ProxyCore:
         self.responses_received: Counter[int] = Counter()
         self.helpers: RouteHelpers = helpers_factory(self)
         self.dialogs = Dialogs(
-            wheel, dialog_timeout, is_local=self.is_local_uri, on_end=self._dialog_ended
+            wheel,
+            dialog_timeout,
+            is_local=self.is_local_uri,
+            ack_timeout=64 * timers.t1 + timers.t4,
+            on_end=self._dialog_ended,
         )
         self._local = {(lst.host, lst.port) for lst in self.listeners}
         self._socket_texts: dict[Any, str] = {}
@@ -210,6 +214,15 @@ class ProxyCore:
             if listener.transport == transport and (":" in listener.host) == v6:
                 return listener
         return None
+
+    def message_counts(self) -> tuple[int, int]:
+        """Messages handled so far, and messages refused unparsed (pike, passive)."""
+        worked = (
+            sum(self.requests_received.values())
+            + sum(self.responses_received.values())
+            + self.stats["parse_errors"]
+        )
+        return worked, self.stats["pike_refused"] + self.stats["dropped_while_passive"]
 
     # -- the node's role in a pair -------------------------------------------------
     def set_passive(self, passive: bool) -> None:
@@ -926,15 +939,29 @@ class OverloadGuard:
     slowly than they come, the queue grows, every message waits longer, and
     past T1 the callers' retransmissions add to the load until nearly every
     call fails. Refusing new calls early keeps the ones in progress going.
+
+    The queue counts in proportion to the messages that were work since the
+    last reading: a flood that pike refuses unparsed fills the queue, but it
+    drains some hundred times faster than calls do, and refusing customers'
+    calls for it would do the flood's work for it.
     """
 
     def __init__(self, high: int, low: int):
         self.high = high
         self.low = low
         self.overloaded = False
+        self._worked = self._refused = 0
 
-    def update(self, queued: int) -> bool:
-        """Take a new reading; True while new calls should be refused."""
+    def update(self, queued: int, worked: int = 0, refused: int = 0) -> bool:
+        """Take a new reading; True while new calls should be refused.
+
+        ``worked`` and ``refused`` are running totals of messages handled and
+        of messages refused unparsed (:meth:`ProxyCore.message_counts`).
+        """
+        new_worked, new_refused = worked - self._worked, refused - self._refused
+        self._worked, self._refused = worked, refused
+        if new_refused > 0:
+            queued = queued * new_worked // (new_worked + new_refused)
         if queued >= self.high:
             self.overloaded = True
         elif queued <= self.low:

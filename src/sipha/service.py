@@ -21,6 +21,7 @@ from sipha.dialog_store import DialogStore
 from sipha.dispatcher import Dispatcher
 from sipha.ha import AddressWatch, HighAvailability, Role
 from sipha.logs import Log, set_level
+from sipha.nftables import KernelBlocklist
 from sipha.operations import add_operations
 from sipha.pike import Pike, TrustedSources
 from sipha.probing import Prober
@@ -52,15 +53,19 @@ def build_modules(config: Config) -> tuple[Dispatcher, LoadBalancer]:
 
 
 def node_listener(config: Config) -> ListenAddress | None:
-    """The node's own address in a pair (``[ha] node_address``): probes leave from it.
+    """The node's own socket: probes leave from it and their replies come back to it.
 
-    UDP, on the port of the first UDP listener (5060 without one), so media
-    servers see probes from each node on the port they see calls from.
+    A socket of its own, so probe replies never queue behind a flood of
+    customer traffic (nor are dropped with it when the receive queue is full).
+    In a pair it is on ``[ha] node_address``, on the port of the first UDP
+    listener (media servers see probes from each node on the port they see
+    calls from); otherwise beside the first UDP listener on a port the kernel
+    picks (port 0 until bound). None without a UDP listener.
     """
-    if not config.ha.node_address:
-        return None
-    ports = [lst.port for lst in config.proxy.listen if lst.transport == "udp"]
-    return ListenAddress("udp", config.ha.node_address, ports[0] if ports else 5060)
+    ports = [lst for lst in config.proxy.listen if lst.transport == "udp"]
+    if config.ha.node_address:
+        return ListenAddress("udp", config.ha.node_address, ports[0].port if ports else 5060)
+    return ListenAddress("udp", ports[0].host, 0) if ports else None
 
 
 def trusted_hosts(config: Config, dispatcher: Dispatcher, balancer: LoadBalancer) -> set[str]:
@@ -74,9 +79,16 @@ def trusted_hosts(config: Config, dispatcher: Dispatcher, balancer: LoadBalancer
 
 
 def build_core(
-    config: Config, clock: Any, send: Any, modules: tuple[Dispatcher, LoadBalancer] | None = None
+    config: Config,
+    clock: Any,
+    send: Any,
+    modules: tuple[Dispatcher, LoadBalancer] | None = None,
+    node: ListenAddress | None = None,
 ) -> ProxyCore:
-    """The sans-IO proxy for ``config``, on ``clock`` and writing through ``send``."""
+    """The sans-IO proxy for ``config``, on ``clock`` and writing through ``send``.
+
+    ``node`` is the node's own socket as bound (see :func:`node_listener`).
+    """
     dispatcher, balancer = modules or build_modules(config)
     timers = config.timers
     pike = None
@@ -100,7 +112,7 @@ def build_core(
         config.proxy.listen,
         config.route.load_function(),
         TimerSettings(timers.t1, timers.t2, timers.t4, timers.fr_timer, timers.fr_inv_timer),
-        node_listener=node_listener(config),
+        node_listener=node,
         pike=pike,
         pike_reply=config.pike.action == "reply",
         scanners=config.scanners.user_agents if config.scanners.drop else (),
@@ -170,6 +182,7 @@ class SIPService(service.MultiService):
         self.control: Control | None = None
         self.ha: HighAvailability | None = None
         self.tls: TLSContexts | None = None
+        self.blocklist: KernelBlocklist | None = None
         self.address_watch: AddressWatch | None = None
         self.ready: defer.Deferred[None] = defer.Deferred()
         self._tables: defer.Deferred[None] = defer.succeed(None)
@@ -192,11 +205,17 @@ class SIPService(service.MultiService):
         self.transports = Transports(
             reactor, config.proxy.max_message_size, config.limits, self.tls
         )
-        self.core = core = build_core(config, reactor, self.transports.send, (dispatcher, balancer))
-        self.transports.core = core
+        buffer = config.proxy.udp_receive_buffer
         try:
-            for listener in core.listeners:
-                self.transports.listen(listener, config.proxy.udp_receive_buffer)
+            node = node_listener(config)
+            if node is not None:  # first: its port may be the kernel's choice
+                node = self.transports.listen(node, buffer)
+            self.core = core = build_core(
+                config, reactor, self.transports.send, (dispatcher, balancer), node
+            )
+            self.transports.core = core
+            for listener in config.proxy.listen:
+                self.transports.listen(listener, buffer)
         except ListenError as error:
             # One line, not a traceback: the usual cause is another sipha running.
             raise SystemExit(f"sipha: {error}") from None
@@ -221,6 +240,16 @@ class SIPService(service.MultiService):
         if core.pike is not None:
             pike = core.pike
             control.on_reload = lambda: self._trust_destinations(pike, dispatcher, balancer)
+            if config.pike.nftables:
+                self.blocklist = KernelBlocklist(
+                    reactor,
+                    [listener.port for listener in core.listeners],
+                    config.pike.remove_latency,
+                    f"sipha_{config.proxy.listen[0].port}",
+                )
+                pike.on_limited = self.blocklist.add
+                control.blocklist = self.blocklist
+                defer.ensureDeferred(self.blocklist.start())
         timers = config.timers
         self.ha = control.ha = HighAvailability(
             reactor,
@@ -229,6 +258,7 @@ class SIPService(service.MultiService):
             virtual_ips=config.ha.virtual_ip,
             store=self.store,
             probers=control.probers,
+            probe_while_passive=bool(config.ha.node_address),
             early_lifetime=timers.fr_timer + timers.fr_inv_timer,
             tables_loaded=lambda: _when_done(self._tables),
         )
@@ -346,7 +376,7 @@ class SIPService(service.MultiService):
         assert self.transports is not None
         assert self.core is not None
         queued = self.transports.receive_backlog()
-        if guard.update(queued) == self.core.shedding:
+        if guard.update(queued, *self.core.message_counts()) == self.core.shedding:
             return
         self.core.shedding = guard.overloaded
         if guard.overloaded:
@@ -378,6 +408,8 @@ class SIPService(service.MultiService):
             await self.transports.stop()
         if self.store is not None:
             await self.store.stop()
+        if self.blocklist is not None:
+            await self.blocklist.stop()
         if self.database is not None:
             self.database.close()
 

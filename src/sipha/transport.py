@@ -10,6 +10,7 @@ the connection a peer already has with sipha, in either direction (RFC 3261
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import resource
@@ -119,13 +120,13 @@ def _is_ip(host: str) -> bool:
 class SIPDatagramProtocol(protocol.DatagramProtocol):
     noisy = False  # sipha logs its own "listening on" line
 
-    def __init__(self, core: Any, listener: ListenAddress):
-        self.core = core
+    def __init__(self, transports: Transports, listener: ListenAddress):
+        self.transports = transports
         self.listener = listener
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
         try:
-            self.core.receive(data, Peer("udp", addr[0], addr[1]), self.listener)
+            self.transports.core.receive(data, Peer("udp", addr[0], addr[1]), self.listener)
         except Exception:
             # One bad message must never stop the others: log it and carry on.
             log.failure("error handling a datagram from {addr}", addr=addr)
@@ -304,8 +305,11 @@ class Transports:
         if self._per_source[connection.peer.host] <= 0:
             del self._per_source[connection.peer.host]
 
-    def listen(self, listener: ListenAddress, receive_buffer: int) -> None:
+    def listen(self, listener: ListenAddress, receive_buffer: int) -> ListenAddress:
+        """Bind and serve ``listener``; returns it as bound (port 0: the port the kernel chose)."""
         sock = bind_socket(listener, receive_buffer)
+        if listener.port == 0:
+            listener = dataclasses.replace(listener, port=sock.getsockname()[1])
         try:
             if listener.transport == "udp":
                 granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
@@ -320,7 +324,7 @@ class Transports:
                 self.udp[listener] = self.reactor.adoptDatagramPort(
                     sock.fileno(),
                     listener.family,
-                    SIPDatagramProtocol(self.core, listener),
+                    SIPDatagramProtocol(self, listener),
                     maxPacketSize=65535,
                 )
             else:
@@ -330,6 +334,7 @@ class Transports:
         finally:
             sock.close()  # the reactor holds its own duplicate
         log.info("sipha listening on {listener}", listener=listener)
+        return listener
 
     def receive_backlog(self) -> int:
         """The longest receive queue of sipha's UDP sockets, in bytes."""

@@ -9,6 +9,8 @@ report.  sipha is run as a separate twistd process and never imported.
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
 import sys
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -61,12 +63,18 @@ def sipha_proxy(
         fr_timer: float = 2.0,
         sections: Mapping[str, Mapping[str, object]] | None = None,
         ready_timeout: float = 10.0,
+        namespace: str | None = None,
     ) -> sipp.SiphaProxy:
         __tracebackhide__ = True
         directory = tmp_path / f"sipha-{len(proxies) + 1}"
         directory.mkdir()
         proxy = sipp.SiphaProxy(
-            directory, listen, destinations, fr_timer=fr_timer, sections=sections
+            directory,
+            listen,
+            destinations,
+            fr_timer=fr_timer,
+            sections=sections,
+            namespace=namespace,
         )
         proxies.append(proxy)
         _register_logs(request.node, [(f"sipha log {directory.name}", proxy.log_path)])
@@ -106,6 +114,7 @@ def media_server(
         stats_interval: float = 0.25,
         trace_msg: bool = False,
         extra: Sequence[str] = (),
+        namespace: str | None = None,
     ) -> sipp.MediaServer:
         __tracebackhide__ = True
         server = sipp.MediaServer(
@@ -117,6 +126,7 @@ def media_server(
             stats_interval=stats_interval,
             trace_msg=trace_msg,
             extra=extra,
+            namespace=namespace,
         )
         servers.append(server)
         _register_logs(request.node, server.logs)
@@ -127,6 +137,20 @@ def media_server(
     for server in servers:
         if server.process is not None:
             server.stop()
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    """A network namespace of the test's own, loopback up; deleted with all in it."""
+    if os.geteuid() != 0:
+        pytest.fail("network namespaces need root (run ./run-tests as root, as CI does)")
+    name = f"sipha-e2e-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(sipp.in_namespace(name, ["ip", "link", "set", "lo", "up"]), check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
 @pytest.fixture

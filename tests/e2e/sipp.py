@@ -43,6 +43,11 @@ _handed_out: set[int] = set()
 _run_counter = itertools.count(1)
 
 
+def in_namespace(namespace: str | None, command: Sequence[str]) -> list[str]:
+    """``command`` run inside network namespace ``namespace`` (as is when None)."""
+    return ["ip", "netns", "exec", namespace, *command] if namespace else list(command)
+
+
 def sipp_binary() -> str:
     """Return the sipp executable; a missing sipp is a broken test setup, not a skip."""
     __tracebackhide__ = True
@@ -286,6 +291,7 @@ def run_caller(
     transport: str = "u1",
     hold_ms: int = 0,
     local_port: int | None = None,
+    source: str | None = None,
     timeout: float = 60,
     recv_timeout: float = 10,
     service: str = "1000",
@@ -297,7 +303,8 @@ def run_caller(
     """Run a sipp caller scenario to completion against ``target``.
 
     ``calls`` calls (-m) are placed at ``rate`` calls per second with at most
-    ``limit`` (-l) at once, each holding ``hold_ms`` (-d) where the scenario
+    ``limit`` (-l) at once, from ``source`` (-i, the target's host when None),
+    each holding ``hold_ms`` (-d) where the scenario
     pauses.  sipp gives up after ``timeout`` seconds overall and a call after
     ``recv_timeout`` seconds without an expected message, so a silent proxy
     fails the test instead of hanging it.  With ``check`` (the default) any
@@ -314,6 +321,7 @@ def run_caller(
         transport=transport,
         hold_ms=hold_ms,
         local_port=local_port,
+        source=source,
         timeout=timeout,
         recv_timeout=recv_timeout,
         service=service,
@@ -391,12 +399,14 @@ def start_caller(
     transport: str = "u1",
     hold_ms: int = 0,
     local_port: int | None = None,
+    source: str | None = None,
     timeout: float = 60,
     recv_timeout: float = 10,
     service: str = "1000",
     trace_msg: bool = False,
     workdir: Path | None = None,
     extra: Sequence[str] = (),
+    namespace: str | None = None,
 ) -> Caller:
     """Start a sipp caller as :func:`run_caller` does, without waiting for it.
 
@@ -406,7 +416,7 @@ def start_caller(
     __tracebackhide__ = True
     binary = sipp_binary()
     path = scenario_path(scenario)
-    host, _ = split_hostport(target)
+    host = source or split_hostport(target)[0]
     directory = _workdir(workdir)
     files = SippFiles.under(directory, f"caller-{next(_run_counter)}-{path.stem}")
     port = local_port if local_port is not None else free_port(host)
@@ -440,7 +450,7 @@ def start_caller(
     if limit is not None:
         command += ["-l", str(limit)]
     command += list(extra)
-    return Caller(command, files, directory, calls, timeout)
+    return Caller(in_namespace(namespace, command), files, directory, calls, timeout)
 
 
 # --------------------------------------------------------------------------- media servers
@@ -499,8 +509,10 @@ class MediaServer:
         stats_interval: float = 0.25,
         trace_msg: bool = False,
         extra: Sequence[str] = (),
+        namespace: str | None = None,
     ) -> None:
         self.port = port
+        self.namespace = namespace
         self.ip = ip
         self.scenario = scenario_path(scenario)
         self.transport = transport
@@ -555,6 +567,7 @@ class MediaServer:
             *self.files.trace_args(stats_interval=self.stats_interval, trace_msg=self.trace_msg),
             *self.extra,
         ]
+        self.command = in_namespace(self.namespace, self.command)
         with self.files.stdout.open("wb") as out, self.files.stderr.open("wb") as err:
             self.process = subprocess.Popen(
                 self.command,
@@ -813,6 +826,12 @@ def sipha_config(
     return text
 
 
+def sipha_listen_port(listen: str) -> tuple[str, int]:
+    """The transport and port of a ``proto:host:port`` listen entry."""
+    proto, _, address = listen.partition(":")
+    return proto, split_hostport(address)[1]
+
+
 def twistd_command() -> list[str]:
     """twistd of the running interpreter, so that the tested sipha is this one."""
     twistd = Path(sys.executable).parent / "twistd"
@@ -832,22 +851,20 @@ class SiphaProxy:
         *,
         fr_timer: float = 2.0,
         sections: Mapping[str, Mapping[str, object]] | None = None,
+        namespace: str | None = None,
     ) -> None:
         self.directory = directory
+        self.namespace = namespace
         self.listen = tuple(listen)
         self.config = directory / "sipha.toml"
         self.log_path = directory / "sipha.log"
         self.config.write_text(
             sipha_config(directory, listen, destinations, fr_timer=fr_timer, sections=sections)
         )
-        self.command = [
-            *twistd_command(),
-            "-n",
-            "--pidfile=",
-            "sipha",
-            "--config",
-            str(self.config),
-        ]
+        self.command = in_namespace(
+            namespace,
+            [*twistd_command(), "-n", "--pidfile=", "sipha", "--config", str(self.config)],
+        )
         self.process: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
 
@@ -907,9 +924,14 @@ class SiphaProxy:
                     f"sipha exited at start with status {self.returncode}\n"
                     f"--- sipha log ---\n{self.log()[-LOG_TAIL:]}"
                 )
+            if self.namespace is not None:
+                # Out of reach from here: ready once the last listener is bound.
+                last = sipha_listen_port(self.listen[-1])
+                if is_bound(self.process.pid, last[1], "udp" if last[0] == "udp" else "tcp"):
+                    return self
             # Max-Forwards: 0 gets an immediate answer (483, or 200 if sipha
             # answers OPTIONS itself) without involving any media server.
-            if send_options(address, transport=proto, max_forwards=0, timeout=0.2):
+            elif send_options(address, transport=proto, max_forwards=0, timeout=0.2):
                 return self
             if time.monotonic() > deadline:
                 self.stop()

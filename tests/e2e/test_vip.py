@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+import sipp
 from sipha import ctl
 from sipp import sipha_config, twistd_command
 
@@ -28,20 +29,7 @@ VIP = "198.18.0.10"
 
 
 def in_namespace(namespace: str, *command: str) -> list[str]:
-    return ["ip", "netns", "exec", namespace, *command]
-
-
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.fail("network namespaces need root (run ./run-tests as root, as CI does)")
-    name = f"sipha-vip-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(in_namespace(name, "ip", "link", "set", "lo", "up"), check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
+    return sipp.in_namespace(namespace, command)
 
 
 OPTIONS = (

@@ -161,6 +161,10 @@ def test_record_route_carries_the_did_and_an_expired_call_gets_bye_both_ways():
         f"<sip:127.0.0.1:5060;lr;ftag=from-1;did={dialog.did}>"
     )
     core.receive(reply(forwarded, 200), Peer("udp", "127.0.0.1", 5071), UDP_IN)
+    ack = invite(
+        method="ACK", to_tag="uas-1", branch="z9hG4bK-ack", routes=(forwarded.get("record-route"),)
+    )
+    core.receive(ack, CALLER, UDP_IN)
     wire.take()
     clock.advance(43200)
     byes = {s.peer.port: s.message for s in wire.take()}
@@ -185,3 +189,18 @@ def test_a_bye_relayed_before_its_dialog_is_restored_ends_it_on_restore():
     assert binding.released == 1
     assert len(dialogs) == 0
     assert ended[-1] == "bye"
+
+
+def test_an_answered_call_never_acknowledged_is_dropped_without_a_bye():
+    """The media server gives up after 64*T1 without an ACK (its BYE may be lost in a flood)."""
+    core, clock, wire = make_proxy()
+    core.receive(invite(), CALLER, UDP_IN)
+    forwarded = wire.take()[1].message
+    core.receive(reply(forwarded, 200), Peer("udp", "127.0.0.1", 5071), UDP_IN)
+    wire.take()
+    clock.advance(64 * 0.5 + 5 - 0.1)
+    assert len(core.dialogs) == 1
+    clock.advance(0.2)
+    assert len(core.dialogs) == 0
+    assert core.helpers.balancer.load("sip:127.0.0.1:5071") == {"pstn": 0}
+    assert [s.message.method for s in wire.take() if isinstance(s.message, Request)] == []

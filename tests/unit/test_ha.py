@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from proxykit import CALLER, CONFIG, UDP_IN, Sent, Wire, invite, make_proxy, reply
+from proxykit import CALLER, CONFIG, UDP_IN, Sent, Wire, invite, reply
 from test_probing import Module
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from sipha.config import ListenAddress
+from sipha.config import ListenAddress, parse_config
 from sipha.dialog import DialogState
 from sipha.ha import HighAvailability, Role, is_local_address
 from sipha.message import Response
 from sipha.probing import Prober
 from sipha.proxy import ProxyCore
 from sipha.replication import Outbox, WarmCopy
+from sipha.service import build_core
 from sipha.transaction import Peer
 
 NODE = ListenAddress("udp", "127.0.0.2", 5060)
@@ -22,10 +23,17 @@ FS = "sip:127.0.0.1:5071"
 
 def node(node_address: bool = True) -> tuple[ProxyCore, Clock, Wire, HighAvailability, Prober]:
     """A core with its role, and a prober on the node's own address if it has one."""
-    text = CONFIG + ('[ha]\nnode_address = "127.0.0.2"\n' if node_address else "")
-    core, clock, wire = make_proxy(text)
+    clock, wire = Clock(), Wire()
+    core = build_core(parse_config(CONFIG), clock, wire, node=NODE if node_address else None)
     prober = Prober("lb", core, Module([FS]), interval=5, local=core.node_listener)
-    ha = HighAvailability(clock, core, core.helpers.balancer, probers=[prober], early_lifetime=40)
+    ha = HighAvailability(
+        clock,
+        core,
+        core.helpers.balancer,
+        probers=[prober],
+        early_lifetime=40,
+        probe_while_passive=node_address,
+    )
     return core, clock, wire, ha, prober
 
 
@@ -139,9 +147,14 @@ def test_a_ringing_call_taken_over_and_answered_outlives_its_ringing_time():
 
     standby.receive(reply(invite_sent.message, 200), invite_sent.peer, UDP_IN)
     assert [s.peer for s in wire.take()] == [CALLER]
+    record_route = invite_sent.message.get("record-route")
+    ack = invite(
+        method="ACK", call_id="call-1", to_tag="uas-1", branch="z9hG4bK-a", routes=(record_route,)
+    )
+    standby.receive(ack, CALLER, UDP_IN)
     clock.advance(100)
     (dialog,) = standby.dialogs
-    assert dialog.state is DialogState.CONFIRMED_NA
+    assert dialog.state is DialogState.CONFIRMED
     assert load(standby) == 1
 
 

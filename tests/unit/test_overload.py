@@ -124,3 +124,10 @@ def test_the_service_watch_turns_shedding_on_and_off_and_says_so(udp_pair):
     assert len(said) == 2
     assert "new calls get 503" in said[0]
     assert "taking new calls again" in said[1]
+
+
+def test_a_queue_full_of_refused_flood_does_not_count_as_work():
+    guard = OverloadGuard(high=1000, low=100)
+    assert guard.update(5000, worked=10, refused=0)  # real work backs up
+    assert not guard.update(5000, worked=20, refused=10_000)  # nearly all refused unparsed
+    assert guard.update(5000, worked=2000, refused=10_000)  # work again
