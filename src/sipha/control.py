@@ -125,7 +125,9 @@ class Control:
         for source in blocklist.listed if blocklist is not None else ():
             until = blocklist.until(source) if blocklist is not None else None
             if until is not None:
-                entry = found.setdefault(source, {"source": source, "refused": 0, "last_seen": None})
+                entry = found.setdefault(
+                    source, {"source": source, "refused": 0, "last_seen": None}
+                )
                 entry["kernel_until"] = until
         return list(found.values())
 
