@@ -274,6 +274,33 @@ def test_error_is_one_line_naming_the_key(text: str, message: str) -> None:
     assert error_of(text) == message
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[route]\nclient_address_header = "Via"\n',
+            "route.client_address_header: 'Via' is not a header name: "
+            "sipha routes by this header; name an extension header such as X-AUTH-IP",
+        ),
+        (
+            '[route]\nclient_port_header = "X AUTH"\n',
+            "route.client_port_header: 'X AUTH' is not a header name: "
+            "expected a header name such as X-AUTH-IP",
+        ),
+        (
+            '[route]\nclient_port_header = "x-auth-ip"\n',
+            "route.client_port_header: must differ from client_address_header",
+        ),
+        (
+            '[route]\npath = "yes"\n',
+            "route.path: must be one of 'off', 'supported', 'always'; got 'yes'",
+        ),
+    ],
+)
+def test_media_server_keys_errors(text: str, message: str) -> None:
+    assert error_of(text) == message
+
+
 def test_toml_syntax_error_names_file_and_line() -> None:
     with pytest.raises(ConfigFileError) as info:
         parse_config(

@@ -392,6 +392,7 @@ class ProxyCore:
         did = _route_did(request) if request.to_tag is not None else None
         loop_key = self._loop_key(request)
         rejection = self._validate(request, loop_key)
+        self.helpers.source = source
         decision = rejection or self.route(request, self.helpers)
         if decision is DROP:
             self.stats["requests_dropped"] += 1
@@ -607,6 +608,7 @@ class ProxyContext:
         "core",
         "server",
         "record_route",
+        "path",
         "targets",
         "branch_prefix",
         "branches",
@@ -620,6 +622,7 @@ class ProxyContext:
         self.core = core
         self.server = server
         self.record_route = decision.record_route and self.request.to_tag is None
+        self.path = decision.path and self.request.method == "REGISTER"
         self.targets: Iterator[str | None] = (
             iter(decision.targets) if decision.targets is not None else iter([None])
         )
@@ -675,6 +678,11 @@ class ProxyContext:
         if self.record_route:
             for index, entry in enumerate(self._record_route(local)):
                 out.insert("Record-Route", entry, index)
+        if self.path:
+            # Before any Path already there (RFC 3327 §5.2), like Record-Route.
+            keys = [key for key, _, _ in out.headers]
+            first = keys.index("path") if "path" in keys else len(keys)
+            out.insert("Path", _path_entry(local, self.server.source), first)
         branch = f"{self.branch_prefix}{len(self.branches)}"
         out.insert("Via", self.core.via_for(local, branch))
         if self.dialog is not None:
@@ -852,6 +860,20 @@ def dialog_byes(dialog: Dialog) -> list[Request]:
 def _rr_uri(listener: Any) -> str:
     transport = "" if listener.transport == "udp" else f";transport={listener.transport}"
     return f"sip:{format_host_port(listener.host, listener.port)}{transport}"
+
+
+def _path_entry(outbound: Any, source: Peer) -> str:
+    """sipha's Path: the listener the REGISTER leaves from, and where the client is.
+
+    The listener is the virtual IP, which both nodes of a pair hold in turn,
+    so the registration outlives a failover. ``received`` is the client's
+    source address as a URI (``;`` and ``=`` escaped, as OpenSIPS and
+    Kamailio write it), whose transport says how to reach it again.
+    """
+    received = f"sip:{format_host_port(source.host, source.port)}"
+    if source.transport != "udp":
+        received += f"%3Btransport%3D{source.transport}"
+    return f"<{_rr_uri(outbound)};lr;received={received}>"
 
 
 class OverloadGuard:
