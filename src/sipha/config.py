@@ -27,6 +27,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigFileError",
+    "DNSConfig",
     "DatabaseConfig",
     "DispatcherConfig",
     "DispatcherDestination",
@@ -724,6 +725,34 @@ class HAConfig:
             yield "peer", "must be the other node's own address"
 
 
+def _nameserver(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``HOST`` (port 53), HOST an IP address, IPv6 in brackets."""
+    if text.startswith("["):
+        host, bracket, port = text[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            raise ValueError("expected [IPv6]:PORT, e.g. [::1]:53")
+        if ":" not in host:
+            raise ValueError("brackets are for IPv6 addresses only")
+        port = port[1:]
+    elif text.count(":") > 1:
+        raise ValueError("an IPv6 address goes in brackets, e.g. [::1]:53")
+    else:
+        host, _, port = text.partition(":")
+    return _ip_literal(host), _port(port) if port else 53
+
+
+@dataclass(frozen=True, kw_only=True)
+class DNSConfig:
+    """How destinations given by name are resolved (RFC 3263)."""
+
+    nameservers: tuple[tuple[str, int], ...] = setting(
+        List(Parsed(_nameserver, "a name server", keep_text=False), unique=True), []
+    )
+    retry_time: float = setting(Number(gt=0), 1)
+    retries: int = setting(Int(0, 10), 1)
+    cache_size: int = setting(Int(ge=16), 1000)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     proxy: ProxyConfig = setting(Table(ProxyConfig), {})
@@ -738,6 +767,7 @@ class Config:
     control: ControlConfig = setting(Table(ControlConfig), {})
     metrics: MetricsConfig = setting(Table(MetricsConfig), {})
     ha: HAConfig = setting(Table(HAConfig), {})
+    dns: DNSConfig = setting(Table(DNSConfig), {})
     # Not a key: the file this came from, as given.
     path: Path | None = None
 

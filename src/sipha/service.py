@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.application import internet, service
 from twisted.internet import defer
+from twisted.internet.interfaces import IResolver
 
 from sipha import __version__
 from sipha.balancer import LoadBalancer
@@ -19,10 +20,11 @@ from sipha.control import Control
 from sipha.dialog_store import DialogStore
 from sipha.dispatcher import Dispatcher
 from sipha.ha import AddressWatch, HighAvailability, Role
+from sipha.locator import DNSLocator, make_resolver, stop_resolver
 from sipha.logs import Log, set_level
 from sipha.operations import add_operations
 from sipha.probing import Prober
-from sipha.proxy import OverloadGuard, ProxyCore
+from sipha.proxy import Locator, OverloadGuard, ProxyCore
 from sipha.replication import Outbox, ReplicationLink, WarmCopy
 from sipha.routing import RouteHelpers
 from sipha.store import Database
@@ -60,7 +62,11 @@ def node_listener(config: Config) -> ListenAddress | None:
 
 
 def build_core(
-    config: Config, clock: Any, send: Any, modules: tuple[Dispatcher, LoadBalancer] | None = None
+    config: Config,
+    clock: Any,
+    send: Any,
+    modules: tuple[Dispatcher, LoadBalancer] | None = None,
+    locator: Locator | None = None,
 ) -> ProxyCore:
     """The sans-IO proxy for ``config``, on ``clock`` and writing through ``send``."""
     dispatcher, balancer = modules or build_modules(config)
@@ -79,6 +85,21 @@ def build_core(
         max_message_size=config.proxy.max_message_size,
         dialog_timeout=config.dialog.default_timeout,
         helpers_factory=helpers,
+        locator=locator,
+    )
+
+
+def build_locator(config: Config, reactor: Any, resolver: IResolver) -> DNSLocator:
+    """RFC 3263 location for the transports and address families sipha listens on."""
+    listen = config.proxy.listen
+    families = {listener.family for listener in listen}
+    return DNSLocator(
+        resolver,
+        reactor,
+        transports={listener.transport for listener in listen},
+        ipv4=socket.AF_INET in families,
+        ipv6=socket.AF_INET6 in families,
+        cache_size=config.dns.cache_size,
     )
 
 
@@ -138,6 +159,7 @@ class SIPService(service.MultiService):
         self.control: Control | None = None
         self.ha: HighAvailability | None = None
         self.address_watch: AddressWatch | None = None
+        self.resolver: IResolver | None = None
         self.ready: defer.Deferred[None] = defer.Deferred()
         self._tables: defer.Deferred[None] = defer.succeed(None)
 
@@ -155,7 +177,12 @@ class SIPService(service.MultiService):
         tune_garbage_collector()
         dispatcher, balancer = build_modules(config)
         self.transports = Transports(reactor, config.proxy.max_message_size)
-        self.core = core = build_core(config, reactor, self.transports.send, (dispatcher, balancer))
+        dns = config.dns
+        self.resolver = make_resolver(reactor, dns.nameservers, dns.retry_time, dns.retries)
+        locator = build_locator(config, reactor, self.resolver)
+        self.core = core = build_core(
+            config, reactor, self.transports.send, (dispatcher, balancer), locator
+        )
         self.transports.core = core
         try:
             for listener in core.listeners:
@@ -313,6 +340,8 @@ class SIPService(service.MultiService):
     async def _stop(self) -> None:
         if self.address_watch is not None:
             self.address_watch.stop()
+        if self.resolver is not None:
+            stop_resolver(self.resolver)
         await super().stopService()
         if self.transports is not None:
             await self.transports.stop()
