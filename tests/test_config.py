@@ -288,6 +288,58 @@ def test_error_is_one_line_naming_the_key(text: str, message: str) -> None:
     assert error_of(text) == message
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[route]\nclient_address_header = "Via"\n',
+            "route.client_address_header: 'Via' is not a header name: "
+            "sipha routes by this header; name an extension header such as X-AUTH-IP",
+        ),
+        (
+            '[route]\nclient_port_header = "X AUTH"\n',
+            "route.client_port_header: 'X AUTH' is not a header name: "
+            "expected a header name such as X-AUTH-IP",
+        ),
+        (
+            '[route]\nclient_port_header = "x-auth-ip"\n',
+            "route.client_port_header: must differ from client_address_header",
+        ),
+        (
+            '[route]\npath = "yes"\n',
+            "route.path: must be one of 'off', 'supported', 'always'; got 'yes'",
+        ),
+        (
+            '[dns]\nnameservers = ["ns1.example.com"]\n',
+            "dns.nameservers[0]: 'ns1.example.com' is not a name server: "
+            "expected an IP address such as 198.18.0.100",
+        ),
+        (
+            '[dns]\nnameservers = ["::1"]\n',
+            "dns.nameservers[0]: '::1' is not a name server: "
+            "an IPv6 address goes in brackets, e.g. [::1]:53",
+        ),
+        (
+            '[dns]\nnameservers = ["127.0.0.1:0"]\n',
+            "dns.nameservers[0]: '127.0.0.1:0' is not a name server: port out of range",
+        ),
+        ("[dns]\nretry_time = 0\n", "dns.retry_time: must be > 0, got 0"),
+        ("[dns]\ncache_size = 1\n", "dns.cache_size: must be >= 16, got 1"),
+    ],
+)
+def test_client_address_path_and_dns_key_errors(text: str, message: str) -> None:
+    assert error_of(text) == message
+
+
+def test_name_servers() -> None:
+    text = '[dns]\nnameservers = ["127.0.0.1:5353", "[::1]", "198.18.0.53"]\n'
+    assert parse_config(text).dns.nameservers == (
+        ("127.0.0.1", 5353),
+        ("::1", 53),
+        ("198.18.0.53", 53),
+    )
+
+
 def test_toml_syntax_error_names_file_and_line() -> None:
     with pytest.raises(ConfigFileError) as info:
         parse_config(

@@ -27,6 +27,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigFileError",
+    "DNSConfig",
     "DatabaseConfig",
     "DispatcherConfig",
     "DispatcherDestination",
@@ -571,6 +572,41 @@ class DatabaseConfig:
         return self.resolved_url[len("sqlite:///") :]
 
 
+#: Headers sipha itself reads or writes: naming one as the client address header
+#: would let a customer's copy be replaced by an address, or an address break routing.
+_OWN_HEADERS = frozenset(
+    [
+        "via",
+        "route",
+        "record-route",
+        "path",
+        "from",
+        "to",
+        "call-id",
+        "cseq",
+        "contact",
+        "max-forwards",
+        "content-length",
+        "require",
+        "supported",
+        "proxy-require",
+    ]
+)
+
+
+def _check_extension_header(text: str) -> None:
+    """A header name of the media servers' choosing, such as ``X-AUTH-IP``; "" = none."""
+    if not text:
+        return
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.!%*_+`'~-]*", text):
+        raise ValueError("expected a header name such as X-AUTH-IP")
+    if text.lower() in _OWN_HEADERS or len(text) == 1:  # one letter: a compact form (§7.3.3)
+        raise ValueError("sipha routes by this header; name an extension header such as X-AUTH-IP")
+
+
+_EXTENSION_HEADER = Parsed(_check_extension_header, "a header name")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RouteConfig:
     function: str = setting(
@@ -581,6 +617,14 @@ class RouteConfig:
     lb_algorithm: str = setting(Choice(("relative", "absolute")), "relative")
     ds_set: int = setting(Int(), 1)
     ds_algorithm: int = setting(Int(0, 13), 0)
+    client_address_header: str = setting(_EXTENSION_HEADER, "X-AUTH-IP")
+    client_port_header: str = setting(_EXTENSION_HEADER, "")
+    path: str = setting(Choice(("off", "supported", "always")), "supported")
+
+    def _problems(self) -> Iterator[tuple[str, str]]:
+        names = (self.client_address_header.lower(), self.client_port_header.lower())
+        if names[0] and names[0] == names[1]:
+            yield "client_port_header", "must differ from client_address_header"
 
     def load_function(self) -> Callable[..., Any]:
         """Import the route function, so a typo fails at start-up rather than per call."""
@@ -773,6 +817,34 @@ class LimitsConfig:
     reserved_descriptors: int = setting(Int(ge=8), 64)
 
 
+def _nameserver(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``HOST`` (port 53), HOST an IP address, IPv6 in brackets."""
+    if text.startswith("["):
+        host, bracket, port = text[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            raise ValueError("expected [IPv6]:PORT, e.g. [::1]:53")
+        if ":" not in host:
+            raise ValueError("brackets are for IPv6 addresses only")
+        port = port[1:]
+    elif text.count(":") > 1:
+        raise ValueError("an IPv6 address goes in brackets, e.g. [::1]:53")
+    else:
+        host, _, port = text.partition(":")
+    return _ip_literal(host), _port(port) if port else 53
+
+
+@dataclass(frozen=True, kw_only=True)
+class DNSConfig:
+    """How destinations given by name are resolved (RFC 3263)."""
+
+    nameservers: tuple[tuple[str, int], ...] = setting(
+        List(Parsed(_nameserver, "a name server", keep_text=False), unique=True), []
+    )
+    retry_time: float = setting(Number(gt=0), 1)
+    retries: int = setting(Int(0, 10), 1)
+    cache_size: int = setting(Int(ge=16), 1000)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     proxy: ProxyConfig = setting(Table(ProxyConfig), {})
@@ -791,6 +863,7 @@ class Config:
     pike: PikeConfig = setting(Table(PikeConfig), {})
     scanners: ScannersConfig = setting(Table(ScannersConfig), {})
     limits: LimitsConfig = setting(Table(LimitsConfig), {})
+    dns: DNSConfig = setting(Table(DNSConfig), {})
     # Not a key: the file this came from, as given.
     path: Path | None = None
 

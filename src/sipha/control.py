@@ -402,9 +402,9 @@ class _ByeOutcome:
                 status=response.status,
             )
 
-    def on_timeout(self, transaction: ClientTransaction) -> None:
+    def on_timeout(self, transaction: ClientTransaction | None) -> None:
         log.warn(
             "BYE of dialog {call_id} to {peer} not answered",
             call_id=self.call_id,
-            peer=transaction.peer,
+            peer=transaction.peer if transaction is not None else "no address",
         )

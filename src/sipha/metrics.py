@@ -68,6 +68,7 @@ def counters(control: Control) -> dict[str, Any]:
         "pike_limited_sources": len(control.pike_limited()),
         "scanners_dropped": core.stats["scanners_dropped"],
         "refused_at_bound": core.stats["refused_at_bound"],
+        "dns_failures": core.locator.failures if core.locator is not None else 0,
         "overloaded": int(core.shedding),
         "transactions": {"server": len(core.layer.servers), "client": len(core.layer.clients)},
         "dialogs": {name: states[name] for name in _LIVE_STATES},
@@ -175,6 +176,11 @@ class SiphaCollector(Collector):
         )
         yield CounterMetricFamily(
             "sipha_parse_errors", "Messages that could not be parsed", value=snap["parse_errors"]
+        )
+        yield CounterMetricFamily(
+            "sipha_dns_failures",
+            "Destinations given by name for which DNS gave no address (RFC 3263)",
+            value=snap["dns_failures"],
         )
         yield family(
             GaugeMetricFamily,

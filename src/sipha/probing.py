@@ -67,7 +67,8 @@ class Prober:
         self.active = True
         # A probe must be decided before the next one is due.
         self.timeout = min(timeout or core.layer.timers.fr_timer, interval)
-        self.pending: dict[str, ClientTransaction] = {}
+        #: Destinations with a probe in flight.
+        self.pending: set[str] = set()
         #: Probe outcomes by destination: ``(uri, "ok" | "failed")``.
         self.results: Counter[tuple[str, str]] = Counter()
         self._sequence = itertools.count(1)
@@ -99,16 +100,11 @@ class Prober:
             to_uri=uri,
             call_id=f"{self.name}-probe-{n}-{self.core.instance_id}@sipha",
         )
-        transaction = self.core.send_request(
-            request, uri, _ProbeUser(self, uri), self.timeout, local=self.local
-        )
-        if transaction is None:
-            self._result(uri, None)
-        else:
-            self.pending[uri] = transaction
+        self.pending.add(uri)
+        self.core.send_request(request, uri, _ProbeUser(self, uri), self.timeout, local=self.local)
 
     def _result(self, uri: str, code: int | None) -> None:
-        self.pending.pop(uri, None)
+        self.pending.discard(uri)
         accepted = code is not None and code in self.module.probe_policy.reply_codes
         self.results[(uri, "ok" if accepted else "failed")] += 1
         change = self.module.probe_result(uri, code)
@@ -135,5 +131,5 @@ class _ProbeUser:
         if response.status >= 200:
             self.prober._result(self.uri, response.status)
 
-    def on_timeout(self, transaction: ClientTransaction) -> None:
+    def on_timeout(self, transaction: ClientTransaction | None) -> None:
         self.prober._result(self.uri, None)

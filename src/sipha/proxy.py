@@ -25,12 +25,13 @@ about sockets or the reactor.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from twisted.logger import LogLevel
 
@@ -51,7 +52,6 @@ from sipha.routing import ALLOWED_METHODS, DROP, Relay, Reply, Route, RouteHelpe
 from sipha.transaction import (
     IGNORE_REPLIES,
     ClientTransaction,
-    ClientUser,
     Clock,
     Peer,
     Send,
@@ -65,6 +65,7 @@ from sipha.uri import (
     URI,
     URIError,
     format_host_port,
+    is_ip_address,
     parse_name_addr,
     parse_uri,
     split_comma_list,
@@ -88,6 +89,36 @@ OWN_OPTIONS_ANSWER = Reply(
         ("Supported", ""),
     ),
 )
+
+
+#: Where a request goes, and the listener it leaves from.
+Hop = tuple[Peer, Any]
+#: Called with the hops of a target, best first; none when it cannot be reached.
+Located = Callable[[list[Hop]], None]
+
+
+class Locator(Protocol):
+    """Finds the servers for a URI whose host is a name (RFC 3263), at the Twisted edge.
+
+    ``done`` gets the transport addresses to try, best first: at once when
+    the answers are known, later when they take a DNS query; none when the
+    name cannot be resolved (the locator logs and counts that).
+    """
+
+    #: Locations that found no address, for the counters.
+    failures: int
+
+    def locate(self, uri: URI, done: Callable[[list[Peer]], None]) -> None: ...
+
+
+class Outcome(Protocol):
+    """What becomes of a request of sipha's own (:meth:`ProxyCore.send_request`).
+
+    ``on_timeout(None)``: no address of the target could be tried at all.
+    """
+
+    def on_response(self, transaction: ClientTransaction, response: Response) -> None: ...
+    def on_timeout(self, transaction: ClientTransaction | None) -> None: ...
 
 
 def _bad_extension(required: list[str]) -> Reply:
@@ -133,9 +164,12 @@ class ProxyCore:
         max_message_size: int = 65535,
         dialog_timeout: float = 43200.0,
         helpers_factory: Any = None,
+        locator: Locator | None = None,
     ):
         self.clock = clock
         self.send = send
+        #: Resolves destinations given by name; without one, only addresses are reached.
+        self.locator = locator
         self.listeners = list(listeners)
         self.node_listener = node_listener
         if node_listener is not None:
@@ -176,7 +210,7 @@ class ProxyCore:
         self.shedding = False
         # URIs already looked at (contacts, destinations recur from call to call).
         self._local_uris: dict[str, bool] = {}
-        self._hops: dict[str, tuple[Peer, Any] | None] = {}
+        self._hops: dict[str, tuple[Hop, ...] | URI] = {}
         # Branches of sipha's own requests: unique per process and start time.
         self.instance_id = _digest(id(self), clock.seconds())[:8]
         self._branches = 0
@@ -249,10 +283,19 @@ class ProxyCore:
         linger = 64 * self.layer.timers.t1
         self._adopted = {k: v for k, v in self._adopted.items() if v[3] > now}
         for dialog in dialogs:
-            hop = self._hop_for(dialog.destination) if dialog.destination else None
-            if hop is not None and dialog.branch:
-                until = dialog.timeout_at + linger
-                self._adopted[(dialog.call_id, dialog.from_tag)] = (*hop, dialog.branch, until)
+            if dialog.destination and dialog.branch:
+                adopt = functools.partial(
+                    self._adopt,
+                    (dialog.call_id, dialog.from_tag),
+                    dialog.branch,
+                    dialog.timeout_at + linger,
+                )
+                self.locate(dialog.destination, None, adopt)
+
+    def _adopt(self, key: tuple[str, str], branch: str, until: float, hops: list[Hop]) -> None:
+        """The other node's branch went to the destination's first address (for a name, most likely)."""
+        if hops:
+            self._adopted[key] = (*hops[0], branch, until)
 
     def _adopted_branch(self, request: Request) -> tuple[Peer, Any, str, float] | None:
         adopted = self._adopted.get((request.call_id, request.from_tag or ""))
@@ -450,6 +493,7 @@ class ProxyCore:
         did = _route_did(request) if request.to_tag is not None else None
         loop_key = self._loop_key(request)
         rejection = self._validate(request, loop_key)
+        self.helpers.source = source
         decision = rejection or self.route(request, self.helpers)
         if decision is DROP:
             self.stats["requests_dropped"] += 1
@@ -577,64 +621,77 @@ class ProxyCore:
         return False
 
     # -- forwarding ----------------------------------------------------------------
-    def next_hop(self, target: str | None, request: Request) -> tuple[Peer, Any] | None:
-        """Peer and local listener for a target URI, or the request's own next hop."""
-        if target is not None:
-            return self._hop_for(target)
-        # §16.6 step 7: a loose router in the top Route is the next hop;
-        # otherwise the Request-URI is (a strict router sits there).
+    def locate(self, target: str | None, request: Request | None, done: Located) -> None:
+        """Every hop for a target URI, or for the request's own next hop, best first.
+
+        An address is one hop, known at once (and remembered: destinations
+        and contacts recur from call to call). A name is the locator's to
+        resolve (RFC 3263: NAPTR, SRV, A/AAAA), which may take a DNS round
+        trip: ``done`` is called when the answer comes, with every address
+        sipha has a listener for, in the order they are to be tried.
+        """
+        where = self._next_hop_uri(request) if target is None else target
+        found = _memoized(self._hops, where, self._hops_or_name) if where else ()
+        if isinstance(found, tuple):
+            done(list(found))
+        elif self.locator is None:
+            done([])
+        else:
+            self.locator.locate(found, lambda peers: done(self._reachable(peers)))
+
+    def _next_hop_uri(self, request: Request | None) -> str | None:
+        """§16.6 step 7: a loose router in the top Route, else the Request-URI (a strict router)."""
+        assert request is not None, "a target, or a request to take it from"
         routes = request.get_all("route")
         if routes:
             try:
-                top = parse_uri(parse_name_addr(routes[0]).uri)
+                top = parse_name_addr(routes[0]).uri
+                if parse_uri(top).loose_router:
+                    return top
             except URIError:
                 return None
-            if top.loose_router:
-                return self._hop_to(top)
-        return self._hop_for(request.uri)
+        return request.uri
 
-    def _hop_for(self, target: str) -> tuple[Peer, Any] | None:
-        """The hop for a URI as text: destinations and contacts recur from call to call."""
-        return _memoized(self._hops, target, self._parse_hop)
-
-    def _parse_hop(self, target: str) -> tuple[Peer, Any] | None:
+    def _hops_or_name(self, target: str) -> tuple[Hop, ...] | URI:
+        """The hop for an address (none without a listener for it), or the URI of a name."""
         try:
-            return self._hop_to(parse_uri(target))
+            uri = parse_uri(target)
         except URIError:
-            return None
-
-    def _hop_to(self, uri: URI) -> tuple[Peer, Any] | None:
+            return ()
         host = uri.params.get("maddr") or uri.host
+        if not is_ip_address(host):
+            return uri
         local = self.listener_for(uri.transport, host)
         if local is None:
-            return None
-        return Peer(uri.transport, host, uri.effective_port), local
+            log.warn("cannot reach {target}: no listener for its transport", target=target)
+            return ()
+        return ((Peer(uri.transport, host, uri.effective_port), local),)
+
+    def _reachable(self, peers: Iterable[Peer]) -> list[Hop]:
+        hops = []
+        for peer in peers:
+            local = self.listener_for(peer.transport, peer.host)
+            if local is not None:
+                hops.append((peer, local))
+        return hops
 
     def send_request(
         self,
         request: Request,
         target: str | None,
-        user: ClientUser,
+        user: Outcome,
         timeout: float | None = None,
         local: Any = None,
-    ) -> ClientTransaction | None:
+    ) -> None:
         """Send a request of sipha's own (a probe, a BYE) statefully.
 
         ``target`` is the next hop; None means the request's own Route or R-URI.
         ``local`` is the listener to send from when it suits the hop's
-        transport and family (a probe from the node's own address).
+        transport and family (a probe from the node's own address). The
+        target's addresses are tried in turn, as for a relayed request;
+        ``user.on_timeout(None)`` says that none could be tried at all.
         """
-        hop = self.next_hop(target, request)
-        if hop is None:
-            return None
-        peer, chosen = hop
-        if local is None or local.transport != peer.transport or local.family != chosen.family:
-            local = chosen
-        branch = f"{BRANCH_COOKIE}{self.next_branch_id()}"
-        request.insert("Via", self.via_for(local, branch))
-        transaction = ClientTransaction(self.layer, request, peer, local, user, timeout)
-        transaction.start()
-        return transaction
+        self.locate(target, request, _OwnRequest(self, request, user, timeout, local).send)
 
     def next_branch_id(self) -> str:
         """A branch part no other transaction of this process run has used."""
@@ -648,17 +705,20 @@ class ProxyCore:
         )
 
     def _forward_ack(self, request: Request, decision: Relay, loop_key: str) -> None:
-        """An end-to-end ACK (for a 2xx) is forwarded statelessly (§16.11)."""
+        """An end-to-end ACK (for a 2xx) is forwarded statelessly (§16.11), to the first address."""
         targets = iter(decision.targets) if decision.targets is not None else None
-        hop = self.next_hop(next(targets, None) if targets else None, request)
-        if hop is None:
-            self.stats["requests_dropped"] += 1
-            return
-        peer, local = hop
-        branch = f"{BRANCH_COOKIE}{loop_key}.{_crc(request.top_via.branch)}.a"
-        request.insert("Via", self.via_for(local, branch))
-        self.stats["requests_forwarded"] += 1
-        self.send(request.serialize(), peer, local)
+
+        def send(hops: list[Hop]) -> None:
+            if not hops:
+                self.stats["requests_dropped"] += 1
+                return
+            peer, local = hops[0]
+            branch = f"{BRANCH_COOKIE}{loop_key}.{_crc(request.top_via.branch)}.a"
+            request.insert("Via", self.via_for(local, branch))
+            self.stats["requests_forwarded"] += 1
+            self.send(request.serialize(), peer, local)
+
+        self.locate(next(targets, None) if targets else None, request, send)
 
     def _cancel(self, cancel: Request, source: Peer, local: Any) -> None:
         invite = self.layer.find_server(cancel, "INVITE")
@@ -685,7 +745,12 @@ class ProxyContext:
         "core",
         "server",
         "record_route",
+        "path",
         "targets",
+        "target",
+        "hops",
+        "locating",
+        "waiting",
         "branch_prefix",
         "branches",
         "best",
@@ -698,9 +763,17 @@ class ProxyContext:
         self.core = core
         self.server = server
         self.record_route = decision.record_route and self.request.to_tag is None
+        self.path = decision.path and self.request.method == "REGISTER"
         self.targets: Iterator[str | None] = (
             iter(decision.targets) if decision.targets is not None else iter([None])
         )
+        self.target: str | None = None
+        #: The addresses of ``target`` not tried yet.
+        self.hops: list[Hop] = []
+        #: Set while the target's addresses are asked for, and (``waiting``)
+        #: when the answer takes a DNS query: the branch waits for it.
+        self.locating = False
+        self.waiting = False
         # Unique per process run: sipha's instance id and a counter.
         self.branch_prefix = f"{BRANCH_COOKIE}{loop_key}.{core.next_branch_id()}."
         self.branches: list[ClientTransaction] = []
@@ -727,19 +800,44 @@ class ProxyContext:
             self._finish(Reply(503))
 
     def next_branch(self) -> bool:
-        """Forward to the next target that can be reached; False when none is left."""
-        for target in self.targets:
-            hop = self.core.next_hop(target, self.request)
-            if hop is None:
-                log.warn(
-                    "cannot reach target {target}",
-                    target=target or self.request.uri,
-                    call_id=self.request.call_id,
-                )
-                continue
-            self._fork(target, *hop)
-            return True
-        return False
+        """Forward to the next address that can be reached; False when none is left.
+
+        A target's addresses are tried in turn before the next target: a name
+        may have several (RFC 3263: SRV records by priority and weight,
+        several A records), and one that times out or answers 503 hands the
+        request to the next (§4.3). When a name's addresses take a DNS query,
+        the branch is sent once they come (True meanwhile).
+        """
+        while not self.hops:
+            target = next(self.targets, _NO_TARGET)
+            if target is _NO_TARGET:
+                return False
+            self.target = target
+            self.locating = True
+            self.core.locate(target, self.request, self._located)
+            if self.locating:
+                self.waiting = True
+                return True
+        self._fork(self.target, *self.hops.pop(0))
+        return True
+
+    def _located(self, hops: list[Hop]) -> None:
+        self.hops, self.locating = hops, False
+        if not hops and log.debugging and not self.finished:
+            log.debug(
+                "no address for {target}",
+                target=self.target or self.request.uri,
+                call_id=self.request.call_id,
+            )
+        if not self.waiting:
+            return
+        # The DNS answer came: go on, unless the caller gave up meanwhile or
+        # the node turned passive (which ends every transaction silently).
+        self.waiting = False
+        if self.finished or self.server.state is State.TERMINATED:
+            return
+        if not self.next_branch():
+            self._finish()
 
     def _fork(self, target: str | None, peer: Peer, local: Any) -> None:
         incoming = self.request
@@ -753,6 +851,11 @@ class ProxyContext:
         if self.record_route:
             for index, entry in enumerate(self._record_route(local)):
                 out.insert("Record-Route", entry, index)
+        if self.path:
+            # Before any Path already there (RFC 3327 §5.2), like Record-Route.
+            keys = [key for key, _, _ in out.headers]
+            first = keys.index("path") if "path" in keys else len(keys)
+            out.insert("Path", _path_entry(local, self.server.source), first)
         branch = f"{self.branch_prefix}{len(self.branches)}"
         out.insert("Via", self.core.via_for(local, branch))
         if self.dialog is not None:
@@ -799,6 +902,8 @@ class ProxyContext:
         if self.finished:
             return
         self._remember(response)
+        if status != 503:
+            self.hops = []  # only a 503 hands over to the target's next address (RFC 3263 §4.3)
         if not self.cancelled and 500 <= status < 600 and self.next_branch():
             return
         self._finish()
@@ -869,8 +974,62 @@ class ProxyContext:
             self.server.send_response(best)
 
 
+class _OwnRequest:
+    """A request of sipha's own sent to its target's addresses in turn.
+
+    As a relayed request's branches are (RFC 3263 §4.3): the next address on
+    a timeout or a 503; the last outcome goes to the user. So a probe of a
+    destination published in DNS succeeds while one of its servers answers.
+    """
+
+    __slots__ = ("core", "request", "user", "timeout", "local", "hops")
+
+    def __init__(
+        self, core: ProxyCore, request: Request, user: Outcome, timeout: float | None, local: Any
+    ):
+        self.core = core
+        self.request = request
+        self.user = user
+        self.timeout = timeout
+        self.local = local
+        self.hops: list[Hop] = []
+
+    def send(self, hops: list[Hop]) -> None:
+        self.hops = hops
+        self._next(None)
+
+    def _next(self, last: ClientTransaction | None) -> None:
+        if not self.hops:
+            self.user.on_timeout(last)
+            return
+        peer, local = self.hops.pop(0)
+        wanted = self.local
+        if (
+            wanted is not None
+            and wanted.transport == peer.transport
+            and wanted.family == local.family
+        ):
+            local = wanted
+        if last is not None:
+            self.request.pop_first("via")  # the last attempt's
+        branch = f"{BRANCH_COOKIE}{self.core.next_branch_id()}"
+        self.request.insert("Via", self.core.via_for(local, branch))
+        ClientTransaction(self.core.layer, self.request, peer, local, self, self.timeout).start()
+
+    def on_response(self, transaction: ClientTransaction, response: Response) -> None:
+        if response.status == 503 and self.hops:
+            self._next(transaction)
+        else:
+            self.user.on_response(transaction, response)
+
+    def on_timeout(self, transaction: ClientTransaction) -> None:
+        self._next(transaction)
+
+
 #: Entries a lookup memo holds before it starts afresh: bounded under made-up URIs.
 MEMO_LIMIT = 4096
+
+_NO_TARGET: Any = object()
 
 
 _T = TypeVar("_T")
@@ -930,6 +1089,20 @@ def dialog_byes(dialog: Dialog) -> list[Request]:
 def _rr_uri(listener: Any) -> str:
     transport = "" if listener.transport == "udp" else f";transport={listener.transport}"
     return f"sip:{format_host_port(listener.host, listener.port)}{transport}"
+
+
+def _path_entry(outbound: Any, source: Peer) -> str:
+    """sipha's Path: the listener the REGISTER leaves from, and where the client is.
+
+    The listener is the virtual IP, which both nodes of a pair hold in turn,
+    so the registration outlives a failover. ``received`` is the client's
+    source address as a URI (``;`` and ``=`` escaped, as OpenSIPS and
+    Kamailio write it), whose transport says how to reach it again.
+    """
+    received = f"sip:{format_host_port(source.host, source.port)}"
+    if source.transport != "udp":
+        received += f"%3Btransport%3D{source.transport}"
+    return f"<{_rr_uri(outbound)};lr;received={received}>"
 
 
 class OverloadGuard:

@@ -2,7 +2,8 @@
 
 A route takes the request and a :class:`RouteHelpers` (the functions an
 opensips.cfg route calls: ``mf_process_maxfwd_header``, ``loose_route``,
-``t_check_trans``, ``load_balance``, ``ds_select_dst``) and returns a decision:
+``t_check_trans``, ``load_balance``, ``ds_select_dst``, ``add_path_received``,
+and the source address, OpenSIPS's ``$si``/``$sp``) and returns a decision:
 :class:`Reply`, :class:`Relay` or :data:`DROP`. The proxy core carries the
 decision out statefully. :func:`reference_route` is the reference deployment's
 route; a user route has the same signature and is named in the config
@@ -14,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import unquote
 
 from sipha.dialog import DialogState
 from sipha.message import Request
-from sipha.uri import URIError, parse_name_addr, parse_uri
+from sipha.transaction import Peer
+from sipha.uri import URIError, parse_name_addr, parse_uri, split_comma_list
 
 if TYPE_CHECKING:
     from sipha.balancer import Allocation, LoadBalancer
@@ -56,6 +59,10 @@ class Relay:
 
     targets: Iterable[str] | None = None
     record_route: bool = True
+    #: A REGISTER gets a Path naming sipha with the client's source address
+    #: (RFC 3327, OpenSIPS's ``add_path_received``), written when it is sent,
+    #: like Record-Route: it names the listener the REGISTER leaves from.
+    path: bool = False
 
 
 class _Drop:
@@ -95,6 +102,9 @@ class RouteHelpers:
         self.default_max_forwards = max_forwards
         self.balancer = balancer
         self.dispatcher = dispatcher
+        #: Where the request being routed came from (OpenSIPS ``$proto``, ``$si``,
+        #: ``$sp``): the proxy core sets it before it calls the route.
+        self.source = Peer("udp", "", 0)
 
     def max_forwards(self, request: Request) -> bool:
         """``mf_process_maxfwd_header``: False when the request must get 483.
@@ -171,6 +181,66 @@ class RouteHelpers:
             request.uri = target
         return target
 
+    def add_client_address(self, request: Request) -> None:
+        """Tell the media server who the client is, which it cannot see behind sipha.
+
+        ``[route] client_address_header`` (``X-AUTH-IP``, what FreeSWITCH's
+        ``apply-proxy-acl`` reads) gets the source address, and
+        ``client_port_header`` the source port. Every copy the client sent is
+        removed first: a customer must not claim another address. OpenSIPS:
+        ``remove_hf("X-AUTH-IP"); append_hf("X-AUTH-IP: $si\\r\\n")``.
+        """
+        source = self.source
+        for name, value in (
+            (self.settings.client_address_header, source.host),
+            (self.settings.client_port_header, str(source.port)),
+        ):
+            if name:
+                request.remove(name)
+                request.append(name, value)
+
+    def path(self, request: Request) -> bool:
+        """Whether a REGISTER gets sipha's Path (``Relay(path=...)``), per ``[route] path``.
+
+        RFC 3327 §5.2: a proxy SHOULD NOT add a Path unless the client said
+        ``Supported: path`` ("supported"); "always" adds it anyway, as
+        OpenSIPS's ``add_path_received()`` does, for clients that never say so
+        but whose registrar stores the Path (FreeSWITCH does). A Path added is
+        also required of the registrar (``Require: path``, §5.2): one that
+        ignored it would send calls around sipha, where a client behind NAT
+        cannot be reached.
+        """
+        mode = self.settings.path
+        if mode == "off" or (mode == "supported" and not _lists(request, "supported", "path")):
+            return False
+        if not _lists(request, "require", "path"):
+            request.append("Require", "path")
+        return True
+
+    def path_received(self, request: Request) -> str | None:
+        """Where a request for a registered client goes: the ``received`` of sipha's top Route.
+
+        A media server routes a request for a registered client by the
+        registration's Path (RFC 3327 §5.3), whose entry for sipha carries
+        the client's source address and transport (see :meth:`path`). That
+        address, not the Contact, is how a client behind NAT, or one that
+        takes requests only from where it registered, is reached (OpenSIPS's
+        path module with ``use_received``). None for any other request.
+        """
+        route = request.get("route")
+        if route is None or "received=" not in route:
+            return None
+        try:
+            top = parse_name_addr(split_comma_list(route)[0]).uri
+            received = parse_uri(top).params.get("received")
+            if not received or not self.proxy.is_local_uri(top):
+                return None
+            received = unquote(received)
+            parse_uri(received)
+        except URIError:
+            return None
+        return received
+
     def transaction_exists(self, request: Request) -> bool:
         """``t_check_trans`` for a CANCEL: does it match a pending INVITE?"""
         return self.proxy.has_invite_transaction(request)
@@ -192,6 +262,11 @@ class RouteHelpers:
 
     def _is_local(self, uri: str) -> bool:
         return self.proxy.is_local_uri(uri)
+
+
+def _lists(request: Request, header: str, option: str) -> bool:
+    """Does ``header`` (Supported, Require) list the option tag ``option``?"""
+    return any(value.lower() == option for value in request.get_all(header))
 
 
 def _uri_params(uri: str) -> dict[str, str | None]:
@@ -217,13 +292,24 @@ def reference_route(request: Request, sip: RouteHelpers) -> Decision:
         return Relay() if sip.transaction_exists(request) else DROP
     if request.method == "ACK":
         return DROP  # an initial ACK matches nothing we sent
+    received = sip.path_received(request)
+    if received is not None:
+        # A media server's request for a client registered through sipha (Path).
+        sip.loose_route(request)
+        return Relay([received])
     settings = sip.settings
     if request.method == "INVITE":
         targets = sip.load_balance(
             request, settings.lb_group, settings.lb_resource, settings.lb_algorithm
         )
-        return Relay(targets) if targets is not None else Reply(503)
+        if targets is None:
+            return Reply(503)
+        sip.add_client_address(request)
+        return Relay(targets)
     if request.method == "REGISTER":
         targets = sip.ds_select(request, settings.ds_set, settings.ds_algorithm)
-        return Relay(targets, record_route=False) if targets is not None else Reply(503)
+        if targets is None:
+            return Reply(503)
+        sip.add_client_address(request)
+        return Relay(targets, record_route=False, path=sip.path(request))
     return Reply(405, headers=(("Allow", ALLOWED_METHODS),))

@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.application import internet, service
 from twisted.internet import defer
+from twisted.internet.interfaces import IResolver
 
 from sipha import __version__
 from sipha.balancer import LoadBalancer
@@ -20,12 +21,13 @@ from sipha.control import Control
 from sipha.dialog_store import DialogStore
 from sipha.dispatcher import Dispatcher
 from sipha.ha import AddressWatch, HighAvailability, Role
+from sipha.locator import DNSLocator, make_resolver, stop_resolver
 from sipha.logs import Log, set_level
 from sipha.nftables import KernelBlocklist
 from sipha.operations import add_operations
 from sipha.pike import Pike, TrustedSources
 from sipha.probing import Prober
-from sipha.proxy import OverloadGuard, ProxyCore
+from sipha.proxy import Locator, OverloadGuard, ProxyCore
 from sipha.replication import Outbox, ReplicationLink, WarmCopy
 from sipha.routing import RouteHelpers
 from sipha.store import Database
@@ -84,10 +86,12 @@ def build_core(
     send: Any,
     modules: tuple[Dispatcher, LoadBalancer] | None = None,
     node: ListenAddress | None = None,
+    locator: Locator | None = None,
 ) -> ProxyCore:
     """The sans-IO proxy for ``config``, on ``clock`` and writing through ``send``.
 
-    ``node`` is the node's own socket as bound (see :func:`node_listener`).
+    ``node`` is the node's own socket as bound (see :func:`node_listener`);
+    ``locator`` resolves destinations given by name (RFC 3263).
     """
     dispatcher, balancer = modules or build_modules(config)
     timers = config.timers
@@ -121,6 +125,21 @@ def build_core(
         max_message_size=config.proxy.max_message_size,
         dialog_timeout=config.dialog.default_timeout,
         helpers_factory=helpers,
+        locator=locator,
+    )
+
+
+def build_locator(config: Config, reactor: Any, resolver: IResolver) -> DNSLocator:
+    """RFC 3263 location for the transports and address families sipha listens on."""
+    listen = config.proxy.listen
+    families = {listener.family for listener in listen}
+    return DNSLocator(
+        resolver,
+        reactor,
+        transports={listener.transport for listener in listen},
+        ipv4=socket.AF_INET in families,
+        ipv6=socket.AF_INET6 in families,
+        cache_size=config.dns.cache_size,
     )
 
 
@@ -184,6 +203,7 @@ class SIPService(service.MultiService):
         self.tls: TLSContexts | None = None
         self.blocklist: KernelBlocklist | None = None
         self.address_watch: AddressWatch | None = None
+        self.resolver: IResolver | None = None
         self.ready: defer.Deferred[None] = defer.Deferred()
         self._tables: defer.Deferred[None] = defer.succeed(None)
 
@@ -206,12 +226,15 @@ class SIPService(service.MultiService):
             reactor, config.proxy.max_message_size, config.limits, self.tls
         )
         buffer = config.proxy.udp_receive_buffer
+        dns = config.dns
+        self.resolver = make_resolver(reactor, dns.nameservers, dns.retry_time, dns.retries)
+        locator = build_locator(config, reactor, self.resolver)
         try:
             node = node_listener(config)
             if node is not None:  # first: its port may be the kernel's choice
                 node = self.transports.listen(node, buffer)
             self.core = core = build_core(
-                config, reactor, self.transports.send, (dispatcher, balancer), node
+                config, reactor, self.transports.send, (dispatcher, balancer), node, locator
             )
             self.transports.core = core
             for listener in config.proxy.listen:
@@ -403,6 +426,8 @@ class SIPService(service.MultiService):
     async def _stop(self) -> None:
         if self.address_watch is not None:
             self.address_watch.stop()
+        if self.resolver is not None:
+            stop_resolver(self.resolver)
         await super().stopService()
         if self.transports is not None:
             await self.transports.stop()

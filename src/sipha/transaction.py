@@ -259,7 +259,7 @@ class _IgnoreReplies:
     def on_response(self, transaction: ClientTransaction, response: Response) -> None:
         pass
 
-    def on_timeout(self, transaction: ClientTransaction) -> None:
+    def on_timeout(self, transaction: ClientTransaction | None) -> None:
         pass
 
 

@@ -11,8 +11,6 @@ the connection a peer already has with sipha, in either direction (RFC 3261
 from __future__ import annotations
 
 import dataclasses
-import functools
-import ipaddress
 import resource
 import socket
 import struct
@@ -31,6 +29,7 @@ from sipha.logs import Log
 from sipha.message import ParseError, StreamFramer
 from sipha.tls import TLSContexts, describe_failure
 from sipha.transaction import Peer
+from sipha.uri import is_ip_address
 
 log = Log(namespace="sipha.transport")
 
@@ -105,16 +104,6 @@ def bind_socket(listener: ListenAddress, receive_buffer: int) -> socket.socket:
         sock.close()
         raise ListenError(f"cannot listen on {listener}: {error.strerror or error}") from None
     return sock
-
-
-@functools.lru_cache(maxsize=4096)
-def _is_ip(host: str) -> bool:
-    """Is ``host`` an IP literal? Asked for every message sent; the answer rarely changes."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 class SIPDatagramProtocol(protocol.DatagramProtocol):
@@ -350,7 +339,7 @@ class Transports:
         self.tcp.clear()
 
     def send(self, data: bytes, peer: Peer, local: ListenAddress) -> None:
-        if not _is_ip(peer.host):
+        if not is_ip_address(peer.host):
             # A host name in a URI: resolve it (A/AAAA) and send when known.
             self.reactor.resolve(peer.host).addCallbacks(
                 lambda ip: self.send(data, peer._replace(host=ip), local),

@@ -7,6 +7,7 @@ URI that sipha does not change is re-serialized exactly as it arrived.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -100,6 +101,19 @@ def format_host(host: str) -> str:
 
 def format_host_port(host: str, port: int | None) -> str:
     return format_host(host) if port is None else f"{format_host(host)}:{port}"
+
+
+@functools.lru_cache(maxsize=4096)
+def is_ip_address(host: str) -> bool:
+    """Is ``host`` (as :func:`split_host_port` returns it) an address, not a name to resolve?
+
+    Asked for every message sent; the answer for a host rarely changes.
+    """
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(slots=True)

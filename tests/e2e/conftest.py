@@ -154,6 +154,26 @@ def namespace() -> Iterator[str]:
 
 
 @pytest.fixture
+def name_server(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., sipp.NameServer]]:
+    """Factory starting a DNS server for ``sipha.test`` (see sipp.NameServer); stopped at teardown."""
+    servers: list[sipp.NameServer] = []
+
+    def start(records: Sequence[str]) -> sipp.NameServer:
+        __tracebackhide__ = True
+        server = sipp.NameServer(tmp_path, sipp.free_udp_port(), records)
+        servers.append(server)
+        _register_logs(request.node, [(f"DNS server {server.address}", server.log_path)])
+        return server.start()
+
+    yield start
+
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
 def sipp_caller(tmp_path: Path) -> Callable[..., sipp.SippResult]:
     """sipp.run_caller with its trace files in the test's directory."""
     return functools.partial(sipp.run_caller, workdir=tmp_path)

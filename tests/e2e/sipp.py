@@ -686,6 +686,74 @@ def terminate(process: subprocess.Popen[bytes], grace: float) -> int:
     return process.returncode
 
 
+# --------------------------------------------------------------------------- DNS
+
+
+class NameServer:
+    """``twistd dns`` (twisted.names) on 127.0.0.1 serving the test's zone, ``sipha.test``.
+
+    ``records`` are entries of a twisted.names Python zone, written as calls,
+    e.g. ``'SRV("_sip._udp.pool.sipha.test", 10, 0, 5071, "fs1.sipha.test")'``.
+    Records without a ``ttl`` live 60 s; a name the zone lacks is NXDOMAIN.
+    """
+
+    def __init__(self, directory: Path, port: int, records: Sequence[str]) -> None:
+        self.port = port
+        self.directory = directory
+        self.zone = directory / f"zone-{port}.py"
+        self.log_path = directory / f"dns-{port}.log"
+        entries = [
+            'SOA("sipha.test", mname="ns.sipha.test", rname="admin.sipha.test",'
+            " minimum=30, expire=60, ttl=60)",
+            *records,
+        ]
+        self.zone.write_text("zone = [\n" + "".join(f"    {entry},\n" for entry in entries) + "]\n")
+        self.command = [
+            *twistd_command(),
+            "-n",
+            "--pidfile=",
+            "dns",
+            "--interface",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--pyzone",
+            str(self.zone),
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT``, as ``[dns] nameservers`` takes it."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> NameServer:
+        """Start twistd and wait until it holds its UDP port."""
+        __tracebackhide__ = True
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.directory,
+            )
+        process = self.process
+        bound = wait_until(
+            lambda: is_bound(process.pid, self.port, "udp") or process.poll() is not None, timeout
+        )
+        if process.poll() is not None:
+            pytest.fail(f"twistd dns exited at start\n{log_tail(self.log_path)}")
+        if not bound:
+            self.stop()
+            pytest.fail(f"twistd dns did not bind within {timeout}s\n{log_tail(self.log_path)}")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            terminate(self.process, _STOP_GRACE)
+
+
 # --------------------------------------------------------------------------- raw SIP
 
 

@@ -95,6 +95,37 @@ def test_register(transport: str, media_server: Starter, sipp_caller: Caller) ->
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+def test_registrar_calls_back_the_client_that_registered(
+    transport: str, tmp_path: Path, media_server: Starter, sipp_caller: Caller
+) -> None:
+    # The REGISTER as sipha relays it carries a Path, which the registrar
+    # echoes and routes its INVITE by; sipp sends that INVITE back to where
+    # the REGISTER came from, whatever the Contact says.
+    scenario = (sipp.SCENARIOS / "client_registers_then_takes_a_call.xml").read_text(
+        encoding="latin-1"
+    )
+    scenario = scenario.replace("Supported: path\n", "Path: <sip:127.0.0.1:9;lr>\n", 1)
+    with_path = tmp_path / "client_registers_with_a_path.xml"
+    with_path.write_text(scenario, encoding="latin-1")
+    server = media_server(sipp.free_port(), "uas_registrar_calls_back.xml", transport)
+    unreachable = ["-set", "contact_port", str(sipp.free_port())]
+
+    result = sipp_caller(with_path, server.address, transport=transport, extra=unreachable)
+
+    assert (result.successful, result.failed) == (1, 0)
+    assert server.wait_for_calls(1) == 1
+
+
+def test_caller_claiming_another_address(media_server: Starter, sipp_caller: Caller) -> None:
+    server = media_server(sipp.free_port(), trace_msg=True)
+
+    sipp_caller("uac_claiming_another_address.xml", server.address)
+
+    assert server.wait_for_calls(1) == 1
+    assert "X-AUTH-IP: 203.0.113.66" in server.stop().messages
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_503_fails_the_call(transport: str, media_server: Starter, sipp_caller: Caller) -> None:
     server = media_server(sipp.free_port(), "uas_503.xml", transport)
 

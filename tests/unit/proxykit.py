@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet.task import Clock
 
@@ -61,9 +62,9 @@ class Wire:
         return sent
 
 
-def make_proxy(config_text: str = CONFIG) -> tuple[ProxyCore, Clock, Wire]:
+def make_proxy(config_text: str = CONFIG, locator: Any = None) -> tuple[ProxyCore, Clock, Wire]:
     clock, wire = Clock(), Wire()
-    return build_core(parse_config(config_text), clock, wire), clock, wire
+    return build_core(parse_config(config_text), clock, wire, locator=locator), clock, wire
 
 
 def invite(
