@@ -225,10 +225,12 @@ class RouteHelpers:
         the client's source address and transport (see :meth:`path`). That
         address, not the Contact, is how a client behind NAT, or one that
         takes requests only from where it registered, is reached (OpenSIPS's
-        path module with ``use_received``). None for any other request.
+        path module with ``use_received``). None for any other request, and
+        for one that does not come from a media server: anyone else could
+        name any address there and use sipha as an open relay.
         """
         route = request.get("route")
-        if route is None or "received=" not in route:
+        if route is None or "received=" not in route or not self._from_media_server():
             return None
         try:
             top = parse_name_addr(split_comma_list(route)[0]).uri
@@ -240,6 +242,16 @@ class RouteHelpers:
         except URIError:
             return None
         return received
+
+    def _from_media_server(self) -> bool:
+        """Did the request come from one of the destinations (a media server)?"""
+        hosts = set()
+        for entry in (*self.dispatcher.list(), *self.balancer.list()):
+            try:
+                hosts.add(parse_uri(entry["uri"]).host)
+            except URIError:
+                continue
+        return self.source.host in hosts
 
     def transaction_exists(self, request: Request) -> bool:
         """``t_check_trans`` for a CANCEL: does it match a pending INVITE?"""

@@ -193,3 +193,12 @@ def test_other_preloaded_routes_are_not_paths(route):
     core.receive(call_from_the_registrar(core, route), FS1, UDP_IN)
     out = [s for s in wire.take() if isinstance(s.message, Request)]
     assert [s.peer for s in out] == [FS1]  # load balanced, as before
+
+
+def test_a_path_route_from_anyone_but_a_media_server_is_not_followed():
+    """Else anyone could name any address in a Route and use sipha as an open relay."""
+    core, _, wire = make_proxy()
+    stranger = Peer("udp", "192.0.2.66", 5060)
+    core.receive(call_from_the_registrar(core, REGISTER_PATH), stranger, UDP_IN)
+    out = [s for s in wire.take() if isinstance(s.message, Request)]
+    assert NATTED not in [s.peer for s in out]
