@@ -46,9 +46,13 @@ class Lab:
         self.zone.set("fs2.sipha.test", a(FS2))
         self.zone.set("fs3.sipha.test", a(FS3))
 
-    def locate(self, uri: str) -> defer.Deferred[list[Peer]]:
+    def locate(self, uri: str, names: bool = False) -> defer.Deferred[list[Peer]]:
+        """The addresses of ``uri``; without the name each was found for unless ``names``."""
         found: defer.Deferred[list[Peer]] = defer.Deferred()
-        self.locator.locate(parse_uri(uri), found.callback)
+        self.locator.locate(
+            parse_uri(uri),
+            lambda peers: found.callback(peers if names else [p._replace(name="") for p in peers]),
+        )
         return found
 
 
@@ -68,6 +72,15 @@ def lab(dns_server: DNSServer) -> Lab:
 
 def udp(host: str, port: int = 5060) -> Peer:
     return Peer("udp", host, port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_address_carries_the_name_it_was_found_for(lab: Lab) -> None:
+    """TLS verifies the certificate against the URI's host name (RFC 5922), not the address."""
+    assert await lab.locate("sip:fs1.sipha.test:5071;transport=tcp", names=True) == [
+        Peer("tcp", FS1, 5071, "fs1.sipha.test")
+    ]
+    assert await lab.locate(f"sip:{FS2}:5072", names=True) == [udp(FS2, 5072)]
 
 
 @pytest_twisted.ensureDeferred
@@ -171,7 +184,7 @@ async def test_cached_answers_come_at_once(lab: Lab) -> None:
     await lab.locate("sip:fs.sipha.test:5060")
     found: list[list[Peer]] = []
     lab.locator.locate(parse_uri("sip:fs.sipha.test:5060"), found.append)
-    assert found == [[udp(FS1)]]
+    assert found == [[Peer("udp", FS1, 5060, "fs.sipha.test")]]
 
 
 @pytest_twisted.ensureDeferred

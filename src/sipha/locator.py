@@ -140,6 +140,8 @@ class DNSLocator:
         lookup = _Lookup()
         host = uri.params.get("maddr") or uri.host
         located = defer.ensureDeferred(self._locate(uri, host, lookup))
+        if not is_ip_address(host):
+            located.addCallback(lambda peers: [peer._replace(name=host) for peer in peers])
         located.addCallback(self._report, host, lookup)
         located.addCallback(done)
         located.addErrback(lambda failure: log.failure("locating {uri}", failure, uri=str(uri)))

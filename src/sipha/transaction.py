@@ -25,11 +25,17 @@ from sipha.message import BRANCH_COOKIE, Request, Response, make_response
 
 
 class Peer(NamedTuple):
-    """A remote transport address: ``("udp", "127.0.0.1", 5071)``."""
+    """A remote transport address: ``("udp", "127.0.0.1", 5071)``.
+
+    ``name`` is the host name the address was found for (DNS), "" for an
+    address given as such: TLS verifies the peer's certificate against it
+    (RFC 5922), not against the address.
+    """
 
     transport: str
     host: str
     port: int
+    name: str = ""
 
     @property
     def reliable(self) -> bool:

@@ -139,8 +139,9 @@ class SIPStreamProtocol(protocol.Protocol, policies.TimeoutMixin):
         self._slow: Any = None  # the deadline of a message begun and not complete
 
     def connectionMade(self) -> None:  # noqa: N802
-        address: IAddress = self.transport.getPeer()  # type: ignore[union-attr]
-        self.peer = Peer(self.listener.transport, address.host, address.port)  # type: ignore[attr-defined]
+        if self.peer is None:  # inbound; an outbound one keeps the name it was found for
+            address: IAddress = self.transport.getPeer()  # type: ignore[union-attr]
+            self.peer = Peer(self.listener.transport, address.host, address.port)  # type: ignore[attr-defined]
         self.transports.opened(self)
         self.setTimeout(self.transports.limits.tcp_idle_timeout)
         for data in self.pending:
@@ -201,7 +202,7 @@ class SIPStreamProtocol(protocol.Protocol, policies.TimeoutMixin):
                     "TLS with {host}:{port} failed: {why}",
                     host=self.peer.host,
                     port=self.peer.port,
-                    why=describe_failure(error, self.peer.host),
+                    why=describe_failure(error, self.peer.name or self.peer.host),
                 )
 
     def send(self, data: bytes) -> None:
@@ -390,7 +391,7 @@ class Transports:
         outbound: protocol.Factory = factory
         if peer.transport == "tls":
             assert self.tls is not None, "TLS needs [tls] and a tls: listener"
-            outbound = TLSMemoryBIOFactory(self.tls.client(peer.host), True, factory)
+            outbound = TLSMemoryBIOFactory(self.tls.client(peer.name or peer.host), True, factory)
         # From the listener's own address (the virtual IP): what Via and
         # Record-Route name, and what a client's firewall lets in. After a
         # takeover this is how an in-dialog request reaches a TCP client whose

@@ -181,3 +181,30 @@ def test_sighup_reloads_the_certificate(sipha_proxy, ca):
     after = served_certificate(proxy.address_for("tls"), ca)
     assert after.serial_number != before.serial_number
     assert renewed.certificate.read_bytes() == after.public_bytes(serialization.Encoding.PEM)
+
+
+def test_a_media_server_given_by_name_is_verified_against_the_name(
+    sipha_proxy, media_server, sipp_caller, socat, ca, name_server
+):
+    """RFC 5922: the certificate must name the URI's host, not only the address it has."""
+    impostor = tls_media_server(socat, media_server, ca.issue("fs1", "127.0.0.1"), ca)
+    genuine = tls_media_server(socat, media_server, ca.issue("fs2", "fs2.sipha.test"), ca)
+    dns = name_server(['A("fs1.sipha.test", "127.0.0.1")', 'A("fs2.sipha.test", "127.0.0.1")'])
+    by_name = [
+        uri.replace("sip:127.0.0.1:", f"sip:{name}:")
+        for uri, name in ((impostor, "fs1.sipha.test"), (genuine, "fs2.sipha.test"))
+    ]
+    proxy = sipha_proxy(
+        listen=listeners(),
+        destinations=by_name,
+        fr_timer=1.0,
+        sections={
+            **NO_PROBES,
+            "tls": tls_section(ca.issue("sipha", "127.0.0.1"), ca),
+            "dns": {"nameservers": [dns.address]},
+        },
+    )
+    assert sipp_caller("uac.xml", proxy.address, calls=1).successful == 1
+    failures = [line for line in proxy.log().splitlines() if "TLS with" in line]
+    assert len(failures) == 1, failures
+    assert "its certificate is not for fs1.sipha.test" in failures[0]
