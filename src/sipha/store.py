@@ -14,11 +14,12 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 
+from sipha.config import parse_db_url
 from sipha.logs import Log
 
 log = Log(namespace="sipha.store")
@@ -141,13 +142,15 @@ class Database:
                 " WHERE dialog.owner = excluded.owner",
             )
         elif self.engine == "mysql":
+            target = parse_db_url(url)
+            host, port = target.hosts[0]
             self.pool = adbapi.ConnectionPool(
                 "MySQLdb",
-                host=parts.hostname or "localhost",
-                port=parts.port or 3306,
-                user=unquote(parts.username or "root"),
-                password=unquote(parts.password or ""),
-                database=parts.path.lstrip("/"),
+                host=host,
+                port=port,
+                user=target.user,
+                password=target.password,
+                database=target.database,
                 charset="utf8mb4",
                 connect_timeout=5,
                 read_timeout=10,
