@@ -592,7 +592,12 @@ class DialogStore:
                     continue
                 dialog = dialog_from_row(row)
             except (TypeError, ValueError) as error:
-                log.warn("dialog row {id} skipped: {error}", id=row.id, error=error)
+                log.warn(
+                    "dialog row {entry}:{ident} skipped: {error}",
+                    entry=row.hash_entry,
+                    ident=row.hash_id,
+                    error=error,
+                )
                 continue
             dialogs.append(dialog)
         keys = [(d.h_entry, d.h_id) for d in dialogs]

@@ -58,11 +58,10 @@ class LoadBalancerRow:
 class DialogRow:
     """One row of the ``dialog`` table, with OpenSIPS 1.7's column names and order.
 
-    ``id`` is the table's own counter, None for a row not read back;
-    ``(hash_entry, hash_id)`` is the key every write goes by.
+    ``(hash_entry, hash_id)`` is the key every write goes by (OpenSIPS's own
+    ``id`` column, where a table has one, is neither read nor written).
     """
 
-    id: int | None = None
     hash_entry: int
     hash_id: int
     callid: str
@@ -95,7 +94,7 @@ class DialogRow:
         return self.hash_entry, self.hash_id
 
 
-DIALOG_COLUMNS = tuple(f.name for f in fields(DialogRow) if f.name != "id")
+DIALOG_COLUMNS = tuple(f.name for f in fields(DialogRow))
 
 
 def _sqlite_open(connection: Any) -> None:
@@ -205,7 +204,8 @@ class Database:
         A dialog table that OpenSIPS made indexes (hash_entry, hash_id) without
         UNIQUE, which sipha's upserts need: such a table gets a unique index of
         its own beside OpenSIPS's. Should that fail (rows that share an id), the
-        error is logged and the other tables are still read.
+        error is logged and the other tables are still read. On MySQL its
+        AUTO_INCREMENT ``id`` is widened (:meth:`_widen_dialog_id`).
         """
         statements = self.schema()
 
@@ -215,6 +215,8 @@ class Database:
 
         await self.pool.runInteraction(create)
         await self.pool.runInteraction(self._add_owner_column)
+        if self.engine == "mysql":
+            await self.pool.runInteraction(self._widen_dialog_id)
         if await self.pool.runInteraction(self._dialog_key_is_unique):
             return
         try:
@@ -242,6 +244,27 @@ class Database:
             return
         cursor.execute("ALTER TABLE dialog ADD COLUMN owner CHAR(64) DEFAULT '' NOT NULL")
         log.warn("{database}: added column owner to the dialog table", database=self)
+
+    def _widen_dialog_id(self, cursor: Any) -> None:
+        """An OpenSIPS dialog table's AUTO_INCREMENT ``id`` becomes BIGINT, which never runs out.
+
+        Every upsert uses an id up, duplicate or not, and a Galera node steps
+        by the cluster size: at 100 calls a second an INT lasts months.
+        """
+        cursor.execute(
+            "SELECT DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
+            " AND TABLE_NAME = 'dialog' AND COLUMN_NAME = 'id' AND EXTRA LIKE '%auto_increment%'"
+        )
+        found = cursor.fetchall()
+        if not found or found[0][0].lower() == "bigint":
+            return
+        cursor.execute("ALTER TABLE dialog MODIFY id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT")
+        log.warn(
+            "{database}: dialog.id widened from {type} to BIGINT UNSIGNED: every dialog write"
+            " uses an AUTO_INCREMENT value up",
+            database=self,
+            type=found[0][0].upper(),
+        )
 
     def _dialog_key_is_unique(self, cursor: Any) -> bool:
         """Does a UNIQUE index cover exactly (hash_entry, hash_id)?"""
@@ -297,11 +320,10 @@ class Database:
 
     async def dialog_rows(self) -> list[DialogRow]:
         rows = await self.pool.runQuery(
-            f"SELECT id, {', '.join(DIALOG_COLUMNS)} FROM dialog ORDER BY id"
+            f"SELECT {', '.join(DIALOG_COLUMNS)} FROM dialog"
+            " ORDER BY start_time, hash_entry, hash_id"
         )
-        return [
-            DialogRow(id=row[0], **dict(zip(DIALOG_COLUMNS, row[1:], strict=True))) for row in rows
-        ]
+        return [DialogRow(**dict(zip(DIALOG_COLUMNS, row, strict=True))) for row in rows]
 
     def write_dialogs(self, writes: Sequence[DialogRow | tuple[int, int]]) -> Deferred[None]:
         """Upsert each row and delete each ``(hash_entry, hash_id)``, in order, in one transaction.
