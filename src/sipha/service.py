@@ -168,6 +168,7 @@ class SIPService(service.MultiService):
             reactor,
             owner=config.ha.node_address or socket.gethostname(),
         )
+        self.database.start()
         self.store = DialogStore(
             self.database,
             reactor,
