@@ -92,6 +92,7 @@ class HighAvailability:
         probers: Iterable[Prober] = (),
         early_lifetime: float = 32.0,
         tables_loaded: Callable[[], defer.Deferred[None]] | None = None,
+        wait: Callable[[float], defer.Deferred[None]] | None = None,
     ):
         self.clock = clock
         self.core = core
@@ -103,6 +104,9 @@ class HighAvailability:
         #: How long a ringing call taken over may still ring (fr_inv_timer and some).
         self.early_lifetime = early_lifetime
         self.tables_loaded = tables_loaded
+        #: ``wait(delay)`` before trying an unreadable table again: fires after the
+        #: delay, or as soon as the database answers again (Database.wait).
+        self.wait = wait or (lambda delay: task.deferLater(clock, delay, lambda: None))
         self.warm: WarmCopy | None = None
         self.link: ReplicationLink | None = None
         self.role: Role | None = None
@@ -263,17 +267,18 @@ class HighAvailability:
         if self.tables_loaded is not None:
             await self.tables_loaded()
         delay, longest = RECONCILE_RETRY
+        failed = False
         while generation == self._generation:
             try:
                 restored = await self.reconcile(trusted, ended)
             except Exception as error:
-                log.warn(
-                    "dialog table: {error}; calls from it are restored when it answers"
-                    " (next try in {delay:g} s)",
-                    error=error,
-                    delay=delay,
-                )
-                await task.deferLater(self.clock, delay, lambda: None)
+                if not failed:
+                    log.warn(
+                        "dialog table: {error}; calls from it are restored as soon as it answers",
+                        error=error,
+                    )
+                failed = True
+                await self.wait(delay)
                 delay = min(2 * delay, longest)
                 continue
             if generation != self._generation:
