@@ -333,7 +333,7 @@ class Dialogs:
         if len(self._orphan_byes) > ORPHAN_BYES_KEPT:
             del self._orphan_byes[next(iter(self._orphan_byes))]
 
-    def restore(self, dialog: Dialog) -> None:
+    def restore(self, dialog: Dialog) -> bool:
         """A dialog taken over: read back from the store, or from the other node's stream.
 
         Its remaining lifetime runs from its ``timeout_at``; one already past
@@ -341,18 +341,19 @@ class Dialogs:
         BYEs (as any timeout); a ringing one that was never answered by then
         just fails. The caller re-binds its load-balancer allocation first. A
         dialog whose BYE already went through is ended at once, so neither its
-        row nor its unit outlives the call.
+        row nor its unit outlives the call. Returns whether the call goes on.
         """
         if (dialog.h_entry, dialog.h_id) in self._by_id:
-            return
+            return False
         self._add(dialog)
         if dialog.call_id in self._orphan_byes:
             del self._orphan_byes[dialog.call_id]
             self.end(dialog, "bye")
-            return
+            return False
         self._next_id[dialog.h_entry] = max(self._next_id.get(dialog.h_entry, 0), dialog.h_id + 1)
         answered = dialog.state >= DialogState.CONFIRMED_NA
         self._arm(dialog, dialog.timeout_at, "timeout" if answered else "failed")
+        return True
 
 
 def uri_host_port(uri: str) -> str:

@@ -231,7 +231,11 @@ class HighAvailability:
         self._reconcile_later(generation, trusted, ended, why, started)
 
     def restore(self, dialogs: Iterable[Dialog]) -> int:
-        """Register dialogs taken over, each with its load-balancer units; returns how many."""
+        """Register dialogs taken over, each with its load-balancer units; returns how many.
+
+        A call whose BYE passed while it was not known yet is ended at once,
+        and not counted.
+        """
         restored = 0
         for dialog in dialogs:
             if self.dialogs.match_id(dialog.h_entry, dialog.h_id) is not None:
@@ -240,8 +244,7 @@ class HighAvailability:
                 dialog.binding = self.balancer.restore(
                     dialog.lb_group, dialog.destination, dialog.lb_resources
                 )
-            self.dialogs.restore(dialog)
-            restored += 1
+            restored += self.dialogs.restore(dialog)
         return restored
 
     def _reconcile_later(

@@ -362,7 +362,7 @@ class Database:
         problem = galera_problem(variables)
         if problem is not None:
             raise NotSyncedError(problem)
-        return "Galera, Synced" if variables["wsrep_on"] == "ON" else "answers"
+        return "Galera, Synced" if variables["wsrep_on"] == "ON" else "standalone"
 
     @property
     def connected(self) -> bool:
