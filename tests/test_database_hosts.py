@@ -22,10 +22,18 @@ from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, globalLogPublisher
 
 sys.path.insert(0, str(Path(__file__).parent / "e2e"))
+sys.path.insert(0, str(Path(__file__).parent / "unit"))
 
+from prometheus_client import generate_latest
+from proxykit import CONFIG, make_proxy
+
+import sipp
 from dbkit import execute, mariadb_connect, mariadb_database
 from dbserver import PrivateMariaDB
+from sipha.config import parse_config
+from sipha.control import Control
 from sipha.dbcluster import CHECK_TIMEOUT, FAILBACK_CHECKS
+from sipha.metrics import counters, registry
 from sipha.store import Database
 from test_store import a_dialog
 
@@ -164,3 +172,34 @@ async def test_a_transaction_rolled_back_by_a_deadlock_is_run_again() -> None:
         finally:
             database.close()
             other.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_counters_and_metrics_name_the_host_in_use() -> None:
+    with mariadb_database() as url:
+        dead = sipp.free_tcp_port()  # nothing listens there
+        database = Database(url.replace("127.0.0.1:3306", f"127.0.0.1:{dead},127.0.0.1:3306"))
+        core, _, _ = make_proxy()
+        helpers = core.helpers
+        control = Control(
+            parse_config(CONFIG), database, helpers.dispatcher, helpers.balancer, core.dialogs
+        )
+        control.core = core
+        database.start()
+        try:
+            await until(lambda: database.status()["host"] == "127.0.0.1:3306", 3)
+            reported = counters(control)["database"]
+            assert (reported["host"], reported["failovers"]) == ("127.0.0.1:3306", 1)
+            page = generate_latest(registry(control)).decode()
+        finally:
+            database.close()
+    for line in (
+        'sipha_database_host_in_use{host="127.0.0.1:3306"} 1.0',
+        f'sipha_database_host_in_use{{host="127.0.0.1:{dead}"}} 0.0',
+        f'sipha_database_host_state{{host="127.0.0.1:{dead}",state="down"}} 1.0',
+        f'sipha_database_host_state{{host="127.0.0.1:{dead}",state="up"}} 0.0',
+        'sipha_database_host_state{host="127.0.0.1:3306",state="up"} 1.0',
+        "sipha_database_failovers_total 1.0",
+        "sipha_database_conflicts_retried_total 0.0",
+    ):
+        assert line in page.splitlines(), page
