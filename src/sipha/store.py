@@ -157,7 +157,7 @@ def _mysql_open(connection: Any) -> None:
     cursor.close()
 
 
-class _Pool(adbapi.ConnectionPool):
+class Pool(adbapi.ConnectionPool):
     """adbapi's pool, on the host in use, quiet when the server is away, retrying conflicts.
 
     adbapi's own recovery (``cp_reconnect``) logs two tracebacks ("Rollback
@@ -269,7 +269,7 @@ class Database:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             # One writer at a time is all SQLite allows; a single thread avoids
             # "database is locked" and keeps the connection in one thread.
-            self.pool = _Pool(
+            self.pool = Pool(
                 "sqlite3",
                 path,
                 check_same_thread=False,
@@ -293,10 +293,10 @@ class Database:
             }
             self.cluster = Cluster(target.hosts, reactor, self._check)
             self._checks = ThreadPool(0, len(target.hosts), "sipha-database-checks")
-            self.pool = _Pool(
+            self.pool = Pool(
                 "MySQLdb",
                 cluster=self.cluster,
-                conflict=_conflict,
+                conflict=is_conflict,
                 connect_timeout=5,
                 read_timeout=10,
                 write_timeout=10,
@@ -592,7 +592,7 @@ class Database:
         self.pool.close()
 
 
-def _conflict(error: BaseException) -> bool:
+def is_conflict(error: BaseException) -> bool:
     """A MySQL transaction rolled back by the server to break a conflict (see MYSQL_CONFLICTS)."""
     args = getattr(error, "args", ())
     return bool(args) and args[0] in MYSQL_CONFLICTS

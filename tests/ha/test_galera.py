@@ -17,9 +17,10 @@ import time
 from typing import Any
 
 from galera import GALERA, GaleraLab
-from lab import NODES, Node, Record, failover, judge_calls, judge_idle
+from lab import DATABASE, NODES, Node, Record, failover, judge_calls, judge_idle
 
 import sipp
+from sipha.store import Pool, is_conflict
 
 LAB_CLASS = GaleraLab
 
@@ -37,6 +38,41 @@ def database(node: Node) -> dict[str, Any]:
 def dialog_store(node: Node) -> dict[str, Any]:
     counters = node.ctl_json("counters", timeout=2)
     return (counters.get("dialog_store") or {}) if isinstance(counters, dict) else {}
+
+
+def write_set_conflict_is_run_again(lab: GaleraLab) -> tuple[bool, str, object]:
+    """sipha's pool on db2 updates a row that db3 commits first: its COMMIT fails certification
+    (1213), and the pool runs the transaction again, which then commits."""
+    db2, db3 = lab.galera["db2"], lab.galera["db3"]
+    db2.execute("CREATE TABLE conflict (k INT PRIMARY KEY, v INT NOT NULL)", database=DATABASE)
+    db2.execute("INSERT INTO conflict VALUES (1, 0)", database=DATABASE)
+    attempts = []
+
+    def interaction(cursor: Any) -> None:
+        attempts.append(cursor)
+        cursor.execute("UPDATE conflict SET v = v + 1 WHERE k = 1")
+        if len(attempts) == 1:  # another node writes the row before this one commits
+            db3.execute("UPDATE conflict SET v = v + 10 WHERE k = 1", database=DATABASE)
+            time.sleep(0.2)
+
+    pool = Pool(
+        "MySQLdb",
+        unix_socket=str(db2.socket),
+        user="root",
+        database=DATABASE,
+        conflict=is_conflict,
+        cp_noisy=False,
+    )
+    try:
+        pool._runInteraction(interaction)  # in this thread, as a pool thread runs it
+    finally:
+        pool.close()
+    value = db3.execute("SELECT v FROM conflict WHERE k = 1", database=DATABASE)
+    return (
+        (len(attempts), pool.conflicts_retried, value) == (2, 1, [(11,)]),
+        "a Galera write-set conflict is run again, and each write applied once",
+        f"{len(attempts)} attempts, {pool.conflicts_retried} retried, v = {value}",
+    )
 
 
 def sleep_until(moment: float) -> None:
@@ -110,6 +146,7 @@ def test_the_database_node_in_use_dies_then_the_active_node(lab: GaleraLab, reco
     record.check(
         not lab.galera["db1"].dialog_rows(), "the dialog table is empty on db1 too", "rows left"
     )
+    record.check(*write_set_conflict_is_run_again(lab))
     final = database(lab.nodes["lb2"])
     record.figures["lb2_database"] = {
         "failovers": final.get("failovers"),
