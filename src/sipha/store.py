@@ -236,7 +236,9 @@ class Pool(adbapi.ConnectionPool):
         return done
 
     def _failed(self, failure: Failure) -> Failure:
-        if isinstance(failure.value, self.dbapi.Error) and not self.conflict(failure.value):
+        """A query that failed for want of its server (not a refused row) checks it at once."""
+        lost = (self.dbapi.OperationalError, self.dbapi.InterfaceError)
+        if isinstance(failure.value, lost) and not self.conflict(failure.value):
             assert self.cluster is not None
             self.cluster.suspect()
         return failure
