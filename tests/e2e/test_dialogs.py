@@ -395,8 +395,6 @@ def test_a_sipha_started_without_its_database_takes_the_calls_back_when_it_answe
     database is back. Every BYE completes, with a Record-Route aware caller and without one;
     a BYE relayed before the calls came back ends its row; nothing is left at the end.
     """
-    from test_operations import ctl_json
-
     servers = [media_server(sipp.free_port()) for _ in range(2)]
     url = private_mariadb.create_database("sipha")
     port = sipp.free_port()
@@ -429,7 +427,7 @@ def test_a_sipha_started_without_its_database_takes_the_calls_back_when_it_answe
     stopped = time.monotonic()
     first.kill()
     second = start_sipha(sipha_proxy, servers, url, port=port, capacity=capacity)
-    store = ctl_json(second, "counters")["dialog_store"]
+    store = second.ctl_json("counters")["dialog_store"]
     assert store["connected"] is False, store  # and says so
     assert not any(calls[name].done() for name in calls)
     calls["ended blind"].result(timeout=ENDED_BLIND_HOLD_MS / 1000 + 10)  # BYEs by Route
@@ -440,7 +438,7 @@ def test_a_sipha_started_without_its_database_takes_the_calls_back_when_it_answe
     # Within a check of the database's hosts (1 s), not at the end of some backoff.
     assert sipp.wait_until(lambda: restored(second) is not None, timeout=2.5), second.log()
     assert restored(second) == 2 * THROUGH_RESTART, second.log()
-    assert ctl_json(second, "counters")["dialog_store"]["connected"] is True
+    assert second.ctl_json("counters")["dialog_store"]["connected"] is True
     assert not any(calls[name].done() for name in ("record-route", "no record-route"))
 
     for name, call in calls.items():
@@ -448,9 +446,9 @@ def test_a_sipha_started_without_its_database_takes_the_calls_back_when_it_answe
         assert_all_succeeded(call.result(timeout=60), count)
     completed(servers, up)
     assert wait_for_rows(url, lambda rows: not rows, timeout=5) == []
-    counters = ctl_json(second, "counters")
+    counters = second.ctl_json("counters")
     assert sum(counters["dialogs"].values()) == 0, counters["dialogs"]
-    balancer = ctl_json(second, "destinations")["load_balancer"]
+    balancer = second.ctl_json("destinations")["load_balancer"]
     assert [r["load"] for d in balancer for r in d["resources"]] == [0, 0], balancer
     log = second.log()
     assert "Traceback" not in log, log[-sipp.LOG_TAIL :]  # an outage is sipha's own lines
