@@ -340,6 +340,18 @@ class DialogStore:
         """The node became active: its calls' changes are written again."""
         self._suspended = False
 
+    def taken_over(self, dialogs: Iterable[Dialog]) -> None:
+        """Calls taken over from the other node: their rows may be in the table, written by
+        it, so the end of one of them deletes its row (even before the table is read)."""
+        if self._accepting():
+            self._stored.update((d.h_entry, d.h_id) for d in dialogs if _written_state(d))
+
+    def deleting(self, key: _Key) -> bool:
+        """Is the deletion of this row queued or in flight (its call ended here)?"""
+        if self._queue.get(key, False) is None:
+            return True
+        return any(k == key and d is None for k, d in self._in_flight or ())
+
     def retry_now(self) -> None:
         """The database answers again, maybe through another host: retry at once.
 

@@ -209,6 +209,7 @@ class HighAvailability:
         self.core.adopt_branches(d for d in warm if d.state < DialogState.CONFIRMED_NA)
         if self.store is not None:
             self.store.resume()
+            self.store.taken_over(warm)
         if self.link is not None:
             self.link.announce()
         standby_ms = (time.perf_counter() - started) * 1000
@@ -329,7 +330,10 @@ class HighAvailability:
                 elif not store.pending(dialog):
                     self.dialogs.end(dialog, "ended")
         store.discard(in_table & ended)
-        restored = self.restore(d for d in rows if (d.h_entry, d.h_id) not in ended)
+        # A call that ended here since is not restored: its row's deletion is on its way.
+        restored = self.restore(
+            d for d in rows if (key := (d.h_entry, d.h_id)) not in ended and not store.deleting(key)
+        )
         log.info("restored {count} dialogs from the dialog table", count=restored)
         return restored
 

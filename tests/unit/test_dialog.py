@@ -177,7 +177,7 @@ def test_record_route_carries_the_did_and_an_expired_call_gets_bye_both_ways():
 def test_a_bye_relayed_before_its_dialog_is_restored_ends_it_on_restore():
     dialogs, dialog, request, binding, _, ended = new_dialog()
     dialogs.answered(dialog, parsed(reply(request, 200)))
-    dialogs.end(dialog, "ended")  # as if this process had just started: no live dialog
+    dialogs.drop_all()  # as if this process had just started: no live dialog
     binding.released = 0
     dialogs.orphan_bye(parsed(invite(method="BYE", to_tag="uas-1", cseq=2)))
     dialog.state = DialogState.CONFIRMED
@@ -185,3 +185,14 @@ def test_a_bye_relayed_before_its_dialog_is_restored_ends_it_on_restore():
     assert binding.released == 1
     assert len(dialogs) == 0
     assert ended[-1] == "bye"
+
+
+def test_a_call_that_ended_here_is_not_brought_back_by_its_row():
+    """Taken over, then ended before the table was read: the row read back is stale."""
+    dialogs, dialog, request, binding, _, ended = new_dialog()
+    dialogs.answered(dialog, parsed(reply(request, 200)))
+    dialogs.end(dialog, "bye")
+    binding.released = 0
+    dialog.state = DialogState.CONFIRMED  # as read back from its row
+    assert dialogs.restore(dialog) is False
+    assert (len(dialogs), binding.released, ended[-1]) == (0, 1, "bye")

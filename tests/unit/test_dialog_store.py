@@ -307,6 +307,20 @@ def test_out_of_sync_every_live_dialog_is_pending():
     assert store.pending(call(3))
 
 
+def test_the_end_of_a_call_taken_over_deletes_the_row_the_other_node_wrote():
+    store, database, clock = make()
+    taken, ringing = call(1), call(2, DialogState.EARLY)
+    store.taken_over([taken, ringing])
+    store.deleted(ringing)  # no row: nothing to delete
+    store.deleted(taken)
+    assert store.deleting((1, 1))
+    assert not store.deleting((1, 2))
+    clock.advance(0)
+    assert store.deleting((1, 1))  # in flight
+    assert described(database.finish()) == ["-1"]
+    assert not store.deleting((1, 1))
+
+
 def test_a_row_the_table_refuses_is_found_and_dropped_alone():
     store, database, clock = make()
     database.refuse.add((1, 2))
