@@ -253,6 +253,8 @@ class DialogStore:
         self._closed = False
         self._suspended = False
         self._waiters: list[Deferred[None]] = []
+        # Rows deleted while the table is being read (load): stale if read back.
+        self._deleted_meanwhile: set[_Key] | None = None
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -346,7 +348,7 @@ class DialogStore:
         if self._accepting():
             self._stored.update((d.h_entry, d.h_id) for d in dialogs if _written_state(d))
 
-    def deleting(self, key: _Key) -> bool:
+    def _deleting(self, key: _Key) -> bool:
         """Is the deletion of this row queued or in flight (its call ended here)?"""
         if self._queue.get(key, False) is None:
             return True
@@ -475,6 +477,8 @@ class DialogStore:
         for key, dialog in batch:
             if dialog is None:
                 self._stored.discard(key)
+                if self._deleted_meanwhile is not None:
+                    self._deleted_meanwhile.add(key)
         self.written += len(batch)
         self._single = max(0, self._single - len(batch))
         self._succeeded(len(batch))
@@ -632,16 +636,33 @@ class DialogStore:
         Rows already expired (``timeout <= now``) or DELETED are deleted;
         a row that cannot be read as a dialog is logged and left alone. In
         mode 3 every row is removed once read, as OpenSIPS does: the table is
-        written again at stop. A database error propagates.
+        written again at stop. The row of a call that ended here, whose
+        deletion is on its way or was written while the table was read, is
+        not returned. A database error propagates.
         """
         if self.mode == NO_DB:
             return []
+        self._deleted_meanwhile = set()
         try:
-            dialogs = await self._read(now)
+            read = await self._read(now)
+            # A call that ended here while the table was read: its row is stale. Its
+            # deletion goes again, now that the row is this node's (it may have gone
+            # before the claim, and missed the row of the other node).
+            deleted = self._deleted_meanwhile
+            dialogs, stale = [], []
+            for dialog in read:
+                key = (dialog.h_entry, dialog.h_id)
+                if key in deleted or self._deleting(key):
+                    stale.append(key)
+                else:
+                    dialogs.append(dialog)
+            self.discard(stale)
         except Exception as error:
             if self.database.unreachable(error):
                 self._went_down(error)
             raise
+        finally:
+            self._deleted_meanwhile = None
         self._succeeded(0)
         if self._cancel_retry() or self._catching_up is not None:
             self._kick()

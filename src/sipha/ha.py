@@ -330,10 +330,7 @@ class HighAvailability:
                 elif not store.pending(dialog):
                     self.dialogs.end(dialog, "ended")
         store.discard(in_table & ended)
-        # A call that ended here since is not restored: its row's deletion is on its way.
-        restored = self.restore(
-            d for d in rows if (key := (d.h_entry, d.h_id)) not in ended and not store.deleting(key)
-        )
+        restored = self.restore(d for d in rows if (d.h_entry, d.h_id) not in ended)
         log.info("restored {count} dialogs from the dialog table", count=restored)
         return restored
 

@@ -63,9 +63,12 @@ class FakeDatabase:
     async def dialog_rows(self) -> list[DialogRow]:
         return list(self.rows.values())
 
-    def finish(self, outage: bool = False) -> list[DialogRow | tuple[int, int]] | None:
-        """End the oldest transaction: committed, or failed as in an outage; returns its writes."""
-        writes, done = self.pending.pop(0)
+    def finish(
+        self, outage: bool = False, index: int = 0
+    ) -> list[DialogRow | tuple[int, int]] | None:
+        """End the oldest transaction (or the one at ``index``): committed, or failed as in an
+        outage; returns its writes."""
+        writes, done = self.pending.pop(index)
         if outage:
             done.errback(OutageError("server has gone away"))
         elif writes and any(isinstance(w, DialogRow) and w.key in self.refuse for w in writes):
@@ -313,12 +316,35 @@ def test_the_end_of_a_call_taken_over_deletes_the_row_the_other_node_wrote():
     store.taken_over([taken, ringing])
     store.deleted(ringing)  # no row: nothing to delete
     store.deleted(taken)
-    assert store.deleting((1, 1))
-    assert not store.deleting((1, 2))
     clock.advance(0)
-    assert store.deleting((1, 1))  # in flight
     assert described(database.finish()) == ["-1"]
-    assert not store.deleting((1, 1))
+
+
+@pytest.mark.parametrize("deletion", ["queued", "in flight", "written meanwhile"])
+def test_the_row_of_a_call_that_ended_here_is_not_read_back(deletion):
+    """Its deletion was on its way when the table was read: the row is stale."""
+    store, database, clock = make()
+    ended, up, expired = call(1), call(2), call(3)
+    for dialog in (ended, up, expired):
+        database.rows[(1, dialog.h_id)] = dialog_row(dialog)
+    database.rows[(1, 3)] = DialogRow(**{**_fields(database.rows[(1, 3)]), "timeout": 120})
+    store.taken_over([ended, up])
+    store.deleted(ended)
+    if deletion != "queued":
+        clock.advance(0)  # the deletion is sent
+    result: list[list[Dialog]] = []
+    Deferred.fromCoroutine(store.load(now=150)).addCallback(result.append)
+    if deletion == "written meanwhile":
+        assert described(database.finish()) == ["-1"]
+    assert described(database.pending[-1][0]) == ["-3"]  # the load deletes the expired row
+    database.finish(index=-1)
+    [loaded] = result
+    assert [d.h_id for d in loaded] == [2]
+    clock.advance(0)
+    while database.pending:  # whatever was sent, the stale row goes (again, once it is ours)
+        database.finish()
+        clock.advance(0)
+    assert sorted(database.rows) == [(1, 2)]
 
 
 def test_a_row_the_table_refuses_is_found_and_dropped_alone():
