@@ -355,6 +355,7 @@ def test_database_outage_during_calls(
     back = log.find("database back, dialog queue drained")
     assert 0 <= down < back, f"outage and recovery not logged in turn\n{log[-sipp.LOG_TAIL :]}"
     assert "dialog write queue full" not in log, log[-sipp.LOG_TAIL :]
+    assert "Traceback" not in log, log[-sipp.LOG_TAIL :]  # sipha's lines, not adbapi's
 
 
 # --------------------------------------------------------------------------- starting without it
