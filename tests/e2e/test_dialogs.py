@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 import sipp
-from dbkit import query
+from dbkit import execute, query
 from dbserver import PrivateMariaDB
 
 Caller = Callable[..., sipp.SippResult]
@@ -359,6 +359,35 @@ def test_database_outage_during_calls(
 
 
 # --------------------------------------------------------------------------- starting without it
+
+
+def test_destinations_come_from_the_tables_once_a_database_down_at_start_answers(
+    private_mariadb: PrivateMariaDB,
+    sipha_proxy: ProxyFactory,
+    media_server: ServerFactory,
+) -> None:
+    """Started without its database, sipha routes on the config file's list; as soon as the
+    database answers it loads the tables (which once took a restart, or a kill -HUP)."""
+    listed, tabled = (media_server(sipp.free_port()) for _ in range(2))
+    url = private_mariadb.create_database("sipha")
+    port = sipp.free_port()
+    start_sipha(sipha_proxy, [listed], url, port=port).stop()  # makes the tables
+    execute(
+        url,
+        "insert into load_balancer (group_id, dst_uri, resources, description)"
+        f" values (1, '{tabled.uri}', 'pstn=32', 'FS2')",
+    )
+    private_mariadb.stop()
+    proxy = start_sipha(sipha_proxy, [listed], url, port=port)
+
+    def balancer() -> tuple[str, list[str]]:
+        listing = proxy.ctl_json("destinations")
+        return listing["sources"]["load_balancer"], [d["uri"] for d in listing["load_balancer"]]
+
+    assert balancer() == ("config", [listed.uri])
+    private_mariadb.start()
+    assert sipp.wait_until(lambda: balancer() == ("table", [tabled.uri]), 3), balancer()
+
 
 #: Calls up through the restart: answered before it, ended well after the database is back.
 THROUGH_RESTART = 50
