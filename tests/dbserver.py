@@ -10,7 +10,9 @@ which the e2e and ha conftest files put on ``sys.path``.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +22,7 @@ import pytest
 import sipp
 
 
-def _server_binary(name: str) -> str:
+def server_binary(name: str) -> str:
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
     if found is None:
         pytest.fail(f"{name} (Debian package mariadb-server) is required", pytrace=False)
@@ -67,7 +69,7 @@ class PrivateMariaDB:
     def install(self) -> None:
         done = subprocess.run(
             [
-                _server_binary("mariadb-install-db"),
+                server_binary("mariadb-install-db"),
                 *self.options,
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
@@ -96,25 +98,26 @@ class PrivateMariaDB:
             **({"database": database} if database else {}),
         )
 
+    def command(self) -> list[str]:
+        """mariadbd and its options (in the namespace, if any)."""
+        prefix = [] if self.namespace is None else ["ip", "netns", "exec", self.namespace]
+        return [
+            *prefix,
+            server_binary("mariadbd"),
+            *self.options,
+            f"--port={self.port}",
+            f"--socket={self.socket}",
+            f"--bind-address={self.host}",
+            f"--pid-file={self.directory / 'mariadbd.pid'}",
+            f"--log-error={self.error_log}",
+        ]
+
     def start(self, timeout: float = 30.0) -> None:
         """Start mariadbd and wait until it takes connections."""
         __tracebackhide__ = True
-        prefix = [] if self.namespace is None else ["ip", "netns", "exec", self.namespace]
         with open(self.directory / "mariadbd.out", "ab") as out:
             self.process = subprocess.Popen(
-                [
-                    *prefix,
-                    _server_binary("mariadbd"),
-                    *self.options,
-                    f"--port={self.port}",
-                    f"--socket={self.socket}",
-                    f"--bind-address={self.host}",
-                    f"--pid-file={self.directory / 'mariadbd.pid'}",
-                    f"--log-error={self.error_log}",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
+                self.command(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + timeout
         while True:
@@ -130,6 +133,14 @@ class PrivateMariaDB:
         """SIGTERM mariadbd by its PID (a clean shutdown), SIGKILL after ``grace`` seconds."""
         if self.process is not None:
             sipp.terminate(self.process, grace)
+            self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL mariadbd by its PID (a crash) and reap it."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
             self.process = None
 
     def log(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import socket
+import sys
 import tomllib
 from pathlib import Path
 
@@ -16,10 +17,12 @@ from sipha.config import (
     Config,
     ConfigError,
     ConfigFileError,
+    DatabaseURL,
     ListenAddress,
     check_sip_uri,
     load_config,
     parse_config,
+    parse_db_url,
     parse_resources,
 )
 
@@ -428,6 +431,66 @@ def test_db_url_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         "database.url: 'redis://127.0.0.1' is not a database URL: "
         "unsupported scheme 'redis' (sqlite or mysql)"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "parsed"),
+    [
+        (
+            "mysql://sipha:s%40cret@db1:3307,db2,[2001:db8::3]:3308/sipha",
+            DatabaseURL(
+                "mysql",
+                "sipha",
+                "s@cret",
+                (("db1", 3307), ("db2", 3306), ("2001:db8::3", 3308)),
+                "sipha",
+            ),
+        ),
+        ("mysql://127.0.0.1/x", DatabaseURL("mysql", "root", "", (("127.0.0.1", 3306),), "x")),
+        ("mysql:///x", DatabaseURL("mysql", "root", "", (("localhost", 3306),), "x")),
+        ("sqlite:////var/lib/sipha.sqlite", DatabaseURL("sqlite", path="/var/lib/sipha.sqlite")),
+    ],
+)
+def test_db_url_names_its_hosts_in_order(url: str, parsed: DatabaseURL) -> None:
+    assert parse_db_url(url) == parsed
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        (
+            "mysql://u@db1:3306,db2:x/sipha",
+            "host 2 of 2 ('db2:x'): port 'x' is not a number from 1 to 65535",
+        ),
+        ("mysql://u@db1:3306,,db3/sipha", "host 2 of 3 is empty"),
+        (
+            "mysql://u@db1:70000/sipha",
+            "host 'db1:70000': port '70000' is not a number from 1 to 65535",
+        ),
+        ("mysql://u@[::1/sipha", "host '[::1': expected [IPV6]:PORT"),
+        (
+            "mysql://u@db1,db2",
+            "expected mysql://USER:PASS@HOST:PORT/DB, ending with a database name",
+        ),
+    ],
+)
+def test_a_bad_multi_host_url_is_one_line_at_the_check(url: str, problem: str) -> None:
+    """Caught by --check-config, not by the start (which once died on the port)."""
+    assert error_of(f'[database]\nurl = "{url}"\n') == (
+        f"database.url: {url!r} is not a database URL: {problem}"
+    )
+
+
+def test_a_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = parse_config('[database]\nurl = "mysql://u@db1,db2/sipha"\n')
+    monkeypatch.setitem(sys.modules, "MySQLdb", None)  # import MySQLdb now raises ImportError
+    with pytest.raises(ConfigError) as info:
+        config.database.require_driver()
+    assert str(info.value) == (
+        "database.url: a mysql:// URL needs mysqlclient (import of MySQLdb halted; None in"
+        " sys.modules): install it with pip install 'sipha[mysql]'"
+    )
+    parse_config("").database.require_driver()  # SQLite needs nothing more
 
 
 def test_relative_sqlite_path_follows_the_config_file(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ dropin in src/twisted/plugins/.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -20,7 +21,9 @@ SAMPLE = ROOT / "etc" / "sipha.toml"
 TWISTD = Path(sys.executable).with_name("twistd")
 
 
-def twistd(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+def twistd(
+    *args: str | Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     if not TWISTD.exists():
         pytest.fail(f"{TWISTD} not found: install the project with `pip install -e .`")
     return subprocess.run(
@@ -31,6 +34,7 @@ def twistd(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
         stdin=subprocess.DEVNULL,
+        env=env,
     )
 
 
@@ -158,3 +162,39 @@ def test_usable_certificates_pass_the_check(tmp_path: Path) -> None:
     )
     result = twistd("sipha", "--config", config, "--check-config", cwd=tmp_path)
     assert (result.returncode, result.stderr) == (0, "")
+
+
+def without_mysqlclient(tmp_path: Path) -> dict[str, str]:
+    """An environment where ``import MySQLdb`` fails as it does without the ``mysql`` extra."""
+    shadow = tmp_path / "no-mysqlclient" / "MySQLdb"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'MySQLdb'\", name='MySQLdb')\n"
+    )
+    path = os.pathsep.join(filter(None, [str(shadow.parent), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
+@pytest.mark.parametrize("where", ["file", "--db-url"])
+def test_a_mysql_url_without_mysqlclient_is_one_line_naming_the_extra(
+    tmp_path: Path, where: str
+) -> None:
+    """--check-config catches it, before any port is bound."""
+    url = "mysql://sipha@db1:3306,db2:3306/sipha"
+    config = tmp_path / "sipha.toml"
+    config.write_text(f'[database]\nurl = "{url}"\n' if where == "file" else "")
+    override = ["--db-url", url] if where == "--db-url" else []
+    result = twistd(
+        "sipha",
+        "-c",
+        config,
+        *override,
+        "--check-config",
+        cwd=tmp_path,
+        env=without_mysqlclient(tmp_path),
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"sipha: {config}: database.url: a mysql:// URL needs mysqlclient"
+        " (No module named 'MySQLdb'): install it with pip install 'sipha[mysql]'"
+    ]

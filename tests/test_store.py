@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest_twisted
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
-from dbkit import execute
+from dbkit import execute, mariadb_database, query
 from sipha.store import DIALOG_COLUMNS, Database, DialogRow, DispatcherRow, LoadBalancerRow
 
 # The reference deployment's statements, verbatim (opensipsctl's addgw for the dispatcher).
@@ -53,14 +53,26 @@ def test_shipped_schema_splits_into_statements():
         database.close()
 
 
+#: The dialog table as OpenSIPS 1.7 makes it: an AUTO_INCREMENT id, a plain index on the did.
+OPENSIPS_DIALOG = {
+    "mysql": "CREATE TABLE dialog (id INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL, {columns},"
+    " KEY hash_idx (hash_entry, hash_id)) ENGINE=InnoDB",
+    "sqlite": "CREATE TABLE dialog (id INTEGER PRIMARY KEY AUTOINCREMENT, {columns});"
+    " CREATE INDEX hash_idx ON dialog (hash_entry, hash_id)",
+}
+
+
 def opensips_statements(database: Database) -> list[str]:
-    """The schema as OpenSIPS makes it: its dialog index on (hash_entry, hash_id) is not UNIQUE."""
-    return [
-        s.replace("UNIQUE KEY hash_idx", "KEY hash_idx").replace(
-            "CREATE UNIQUE INDEX", "CREATE INDEX"
-        )
-        for s in database.schema()
-    ]
+    """The schema as OpenSIPS makes it: sipha's destination tables, OpenSIPS's dialog table."""
+    (ours,) = [s for s in database.schema() if "TABLE IF NOT EXISTS dialog" in s]
+    body = ours[ours.index("(") + 1 : ours.rindex("PRIMARY KEY")].rstrip().rstrip(",")
+    columns = ", ".join(
+        line.strip().rstrip(",")
+        for line in body.splitlines()
+        if "owner" not in line and line.strip()
+    )
+    dialog = OPENSIPS_DIALOG[database.engine].format(columns=columns).split("; ")
+    return [s for s in database.schema() if s != ours] + dialog
 
 
 def a_dialog(state: int) -> DialogRow:
@@ -110,6 +122,52 @@ async def test_an_opensips_dialog_table_gets_the_unique_key_sipha_writes_by(db_u
 
 
 @pytest_twisted.ensureDeferred
+async def test_sipha_dialog_table_is_keyed_by_the_did_without_auto_increment(db_url):
+    """A multi-primary cluster wants a primary key on every table, and no counter per node."""
+    database = Database(db_url)
+    try:
+        await database.create_schema()
+        if database.engine == "mysql":
+            rows = query(
+                db_url,
+                "SELECT TABLE_NAME, COLUMN_NAME, COLUMN_KEY, EXTRA FROM information_schema.COLUMNS"
+                " WHERE TABLE_SCHEMA = DATABASE() AND (COLUMN_KEY = 'PRI' OR EXTRA <> '')"
+                " ORDER BY TABLE_NAME, ORDINAL_POSITION",
+            )
+            assert rows == [
+                ("dialog", "hash_entry", "PRI", ""),
+                ("dialog", "hash_id", "PRI", ""),
+                ("dispatcher", "id", "PRI", "auto_increment"),
+                ("load_balancer", "id", "PRI", "auto_increment"),
+            ]
+        else:
+            primary = query(db_url, "SELECT name, pk FROM pragma_table_info('dialog') WHERE pk > 0")
+            assert primary == [("hash_entry", 1), ("hash_id", 2)]
+    finally:
+        database.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_opensips_dialog_id_is_widened_as_every_upsert_uses_one_up():
+    with mariadb_database() as url:
+        database = Database(url)
+        try:
+            execute(url, *opensips_statements(database))
+            await database.create_schema()
+            for state in (3, 4, 4):
+                await database.write_dialogs([a_dialog(state)])
+            assert query(
+                url,
+                "SELECT c.COLUMN_TYPE, t.AUTO_INCREMENT FROM information_schema.COLUMNS c"
+                " JOIN information_schema.TABLES t USING (TABLE_SCHEMA, TABLE_NAME)"
+                " WHERE c.TABLE_SCHEMA = DATABASE() AND c.TABLE_NAME = 'dialog'"
+                " AND c.COLUMN_NAME = 'id'",
+            ) == [("bigint(20) unsigned", 4)]
+        finally:
+            database.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_dialog_table_that_cannot_be_keyed_is_reported_and_the_rest_still_loads(db_url):
     database = Database(db_url)
     events: list[dict] = []
@@ -122,6 +180,10 @@ async def test_a_dialog_table_that_cannot_be_keyed_is_reported_and_the_rest_stil
     finally:
         globalLogPublisher.removeObserver(events.append)
         database.close()
-    errors = [formatEvent(e) for e in events if e.get("log_namespace") == "sipha.store"]
+    errors = [
+        formatEvent(e)
+        for e in events
+        if e.get("log_namespace") == "sipha.store" and e["log_level"] is LogLevel.error
+    ]
     assert len(errors) == 1
     assert "no UNIQUE index on (hash_entry, hash_id)" in errors[0]

@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
@@ -21,7 +22,7 @@ from proxykit import CALLER, CONFIG, UDP_IN, Wire, invite, reply
 
 from sipha.config import parse_config
 from sipha.control import Control
-from sipha.dialog import DialogState
+from sipha.dialog import ENDED_KEPT, DialogState
 from sipha.dialog_store import REALTIME, DialogStore
 from sipha.ha import HighAvailability
 from sipha.message import Request, Response
@@ -218,6 +219,40 @@ async def test_a_call_that_ended_just_before_the_takeover_is_not_restored(nodes)
     assert await active.rows() == [("call-1", 3, "lb1")]
 
     standby.ha.set_role("active", "the virtual IP is on this host")
+    await standby.settle()
+
+    assert len(standby.core.dialogs) == 0
+    assert standby.load() == 0
+    assert await standby.rows() == []
+
+
+@pytest.mark.parametrize("ended_kept", [ENDED_KEPT, 0], ids=["remembered", "forgotten"])
+@pytest_twisted.ensureDeferred
+async def test_a_call_taken_over_that_ends_before_the_table_is_read_stays_ended(
+    nodes, ended_kept: int, monkeypatch: pytest.MonkeyPatch
+):
+    """Its BYE comes while the table is read (or while the database is away): the row, still
+    there, must not bring the call back as a phantom holding a unit for 12 hours. Even once
+    the call has dropped out of the calls remembered as over, its deletion, queued, wins."""
+    monkeypatch.setattr("sipha.dialog.ENDED_KEPT", ended_kept)
+    active, standby = nodes
+    active.stream_to(standby, snapshot=True)
+    call(active, 1, answer=True)
+    await active.store.drained()
+    active.stream_to(standby)
+    active.store.suspend()
+
+    standby.ha.set_role("active", "the virtual IP is on this host")  # the table is being read
+    bye = invite(
+        method="BYE",
+        call_id="call-1",
+        uri="sip:fs@127.0.0.1:5071",
+        to_tag="uas-1",
+        cseq=2,
+        branch="z9hG4bK-bye",
+        routes=("<sip:127.0.0.1:5060;lr>",),
+    )
+    standby.core.receive(bye, CALLER, UDP_IN)
     await standby.settle()
 
     assert len(standby.core.dialogs) == 0

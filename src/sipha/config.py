@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 __all__ = [
     "Config",
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigFileError",
     "DNSConfig",
     "DatabaseConfig",
+    "DatabaseURL",
     "DispatcherConfig",
     "DispatcherDestination",
     "HAConfig",
@@ -44,7 +46,9 @@ __all__ = [
     "load_callable",
     "load_config",
     "parse_config",
+    "parse_db_url",
     "parse_resources",
+    "require_module",
     "resolve_db_url",
 ]
 
@@ -209,17 +213,94 @@ def _check_resource_name(text: str) -> None:
 
 
 DB_SCHEMES = ("sqlite", "mysql")
+_DB_URL_FORMS = "sqlite:///PATH or mysql://USER:PASS@HOST:PORT[,HOST:PORT...]/DB"
+MYSQL_PORT = 3306
+
+
+@dataclass(frozen=True)
+class DatabaseURL:
+    """A database URL taken apart: ``hosts`` in the order they are tried (MySQL/MariaDB)."""
+
+    scheme: str
+    user: str = ""
+    password: str = ""
+    hosts: tuple[tuple[str, int], ...] = ()
+    database: str = ""
+    path: str = ""  # SQLite: the file, or ":memory:"
+
+
+def parse_db_url(url: str) -> DatabaseURL:
+    """``sqlite:///PATH``, or ``mysql://USER:PASS@HOST1:PORT,HOST2:PORT/DB`` with one host or more.
+
+    The multi-host form is the one MariaDB's own connectors use; each host
+    takes an optional port (3306) and an IPv6 address goes in brackets. User
+    and password are percent-decoded. ValueError says what is wrong.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"expected {_DB_URL_FORMS}")
+    if scheme not in DB_SCHEMES:
+        raise ValueError(f"unsupported scheme {scheme!r} (sqlite or mysql)")
+    if scheme == "sqlite":
+        if not rest.startswith("/") or rest == "/":
+            raise ValueError("expected sqlite:///PATH (three slashes, then the path)")
+        return DatabaseURL(scheme, path=rest[1:])
+    netloc, _, database = rest.partition("/")
+    if not database or any(c in database for c in "/?#"):
+        raise ValueError("expected mysql://USER:PASS@HOST:PORT/DB, ending with a database name")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    entries = hostlist.split(",")
+    hosts = tuple(_db_host(entry, n, len(entries)) for n, entry in enumerate(entries, 1))
+    return DatabaseURL(
+        scheme,
+        unquote(user) if at else "root",
+        unquote(password),
+        hosts,
+        unquote(database),
+    )
+
+
+def _db_host(entry: str, number: int, count: int) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT`` or ``[V6]:PORT`` of a MySQL URL; a lone empty host is localhost."""
+    where = f"host {number} of {count} ({entry!r})" if count > 1 else f"host {entry!r}"
+    if not entry:
+        if count == 1:
+            return "localhost", MYSQL_PORT
+        raise ValueError(f"host {number} of {count} is empty")
+    if entry.startswith("["):
+        host, bracket, port = entry[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            raise ValueError(f"{where}: expected [IPV6]:PORT")
+        port = port[1:]
+    else:
+        host, _, port = entry.partition(":")
+    if not host:
+        raise ValueError(f"{where}: no host name")
+    if not port:
+        return host, MYSQL_PORT
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{where}: port {port!r} is not a number from 1 to 65535")
+    return host, int(port)
 
 
 def check_db_url(url: str) -> None:
-    """Accept ``sqlite:///PATH`` and ``mysql://USER:PASS@HOST:PORT/DB`` (the scheme only)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ValueError("expected sqlite:///PATH or mysql://USER:PASS@HOST:PORT/DB")
-    if scheme not in DB_SCHEMES:
-        raise ValueError(f"unsupported scheme {scheme!r} (sqlite or mysql)")
-    if scheme == "sqlite" and (not rest.startswith("/") or rest == "/"):
-        raise ValueError("expected sqlite:///PATH (three slashes, then the path)")
+    """Accept the URLs :func:`parse_db_url` takes; ValueError for any other."""
+    parse_db_url(url)
+
+
+def require_module(module: str, extra: str, key: str, what: str) -> None:
+    """Import ``module``, an optional dependency; ConfigError naming ``key`` and the extra if absent.
+
+    Checked with the config, before twistd binds anything: a missing driver is
+    then one line saying what to install, not a traceback once sipha runs.
+    """
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        raise ConfigError(
+            key, f"{what} ({error}): install it with pip install 'sipha[{extra}]'"
+        ) from None
 
 
 def resolve_db_url(url: str, base_dir: Path) -> str:
@@ -563,6 +644,16 @@ class DatabaseConfig:
     @property
     def scheme(self) -> str:
         return self.url.partition("://")[0]
+
+    @property
+    def parsed(self) -> DatabaseURL:
+        """The resolved URL taken apart (its hosts, user, database)."""
+        return parse_db_url(self.resolved_url)
+
+    def require_driver(self) -> None:
+        """A ``mysql://`` URL needs mysqlclient, which only the ``mysql`` extra installs."""
+        if self.scheme == "mysql":
+            require_module("MySQLdb", "mysql", "database.url", "a mysql:// URL needs mysqlclient")
 
     @property
     def sqlite_path(self) -> str | None:

@@ -131,6 +131,10 @@ class Control:
                 entry["kernel_until"] = until
         return list(found.values())
 
+    def database_status(self) -> dict[str, Any]:
+        """The database host in use and why, each host's last check, the failovers."""
+        return self._database().status()
+
     def ha_status(self) -> dict[str, Any]:
         """The node's role in the pair, since when, and its last takeover."""
         return self._ha().status()

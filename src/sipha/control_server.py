@@ -81,6 +81,7 @@ def _commands(control: Control) -> dict[str, Handler]:
         "dialogs.reload": control.reload_dialogs,
         "counters": lambda: counters(control),
         "pike": control.pike_limited,
+        "database": control.database_status,
         "ha.status": control.ha_status,
         "ha.active": lambda: control.ha_set_role("active"),
         "ha.passive": lambda: control.ha_set_role("passive"),

@@ -253,6 +253,25 @@ def show_role(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def show_database(result: Mapping[str, Any]) -> str:
+    """``sipha-ctl database``: the host in use, since when and why; each host's last check."""
+    if result["engine"] != "mysql":
+        return f"database: {result['engine']} {result['host']}"
+    lines = [
+        f"database: {result['host']} since {_clock(result['since'])} ({result['reason']})"
+        + ("" if result["connected"] else ", NOT ANSWERING"),
+        f"failovers: {result['failovers']}, conflicts retried: {result['conflicts_retried']}",
+    ]
+    last = result.get("last_failover")
+    if last:
+        lines[-1] += f"; last failover {_clock(last['at'])} from {last['from']} to {last['to']}"
+    rows = [
+        (h["address"], h["state"] + (", in use" if h["in_use"] else ""), h["detail"])
+        for h in result["hosts"]
+    ]
+    return "\n".join([*lines, table(("HOST", "STATE", "LAST CHECK"), rows)])
+
+
 def _clock(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
@@ -367,6 +386,7 @@ def _parser() -> argparse.ArgumentParser:
     command("reload", "take over the calls in the dialog table (after a VIP takeover)", actions)
     command("counters", "requests, responses, transactions, dialogs, probes, dialog store")
     command("pike", "the sources limited now for sending too much (OpenSIPS pike)")
+    command("database", "the database host in use and why, and each host's last check")
     ha = command("ha", "this node's role in the load-balancer pair").add_subparsers(
         dest="action", metavar="ACTION", required=True
     )
@@ -429,6 +449,8 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any], Show]:
         return f"ha.{action}", {}, show_role
     if command == "pike":
         return "pike", {}, show_limited
+    if command == "database":
+        return "database", {}, show_database
     # dialogs
     if action == "end":
         return "dialogs.end", {"call_id": args.call_id}, lambda n: f"{n} dialog(s) ended"

@@ -32,7 +32,8 @@ from sipha.message import Request, Response
 from sipha.uri import URIError, parse_name_addr, parse_uri
 
 HASH_SIZE = 4096
-ORPHAN_BYES_KEPT = 10000
+#: Calls remembered as over (see Dialogs.restore).
+ENDED_KEPT = 10000
 
 
 class DialogState(enum.IntEnum):
@@ -155,9 +156,10 @@ class Dialogs:
         self._next_id: dict[int, int] = {}
         self._by_id: dict[tuple[int, int], Dialog] = {}
         self._by_key: dict[tuple[str, str], Dialog] = {}
-        # Call-IDs of recent BYEs that matched no dialog: after a restart or a
-        # takeover, a BYE can pass before its dialog is read back.
-        self._orphan_byes: dict[str, None] = {}
+        # Call-IDs of calls over: answered ones that ended here, and BYEs that
+        # matched no dialog. After a restart or a takeover, a call can end before
+        # the dialog table is read back, and its row must not bring it back.
+        self._ended: dict[str, None] = {}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -310,11 +312,18 @@ class Dialogs:
     def end(self, dialog: Dialog, reason: str) -> None:
         if dialog.state is DialogState.DELETED:
             return
+        if dialog.state >= DialogState.CONFIRMED_NA:
+            self._remember_ended(dialog.call_id)
         self._forget(dialog)
         for observer in self.observers:
             observer.deleted(dialog)
         if self.on_end is not None:
             self.on_end(dialog, reason)
+
+    def _remember_ended(self, call_id: str) -> None:
+        self._ended[call_id] = None
+        if len(self._ended) > ENDED_KEPT:
+            del self._ended[next(iter(self._ended))]
 
     def _forget(self, dialog: Dialog) -> None:
         """Out of the registry, its timer stopped and its load-balancer unit released."""
@@ -338,16 +347,14 @@ class Dialogs:
         dropped = list(self._by_id.values())
         for dialog in dropped:
             self._forget(dialog)
-        self._orphan_byes.clear()
+        self._ended.clear()
         return len(dropped)
 
     def orphan_bye(self, request: Request) -> None:
         """Remember a BYE that matched no dialog, in case its dialog is restored later."""
-        self._orphan_byes[request.call_id] = None
-        if len(self._orphan_byes) > ORPHAN_BYES_KEPT:
-            del self._orphan_byes[next(iter(self._orphan_byes))]
+        self._remember_ended(request.call_id)
 
-    def restore(self, dialog: Dialog) -> None:
+    def restore(self, dialog: Dialog) -> bool:
         """A dialog taken over: read back from the store, or from the other node's stream.
 
         Its remaining lifetime runs from its ``timeout_at``; one already past
@@ -355,18 +362,21 @@ class Dialogs:
         BYEs (as any timeout); a ringing one that was never answered by then
         just fails. The caller re-binds its load-balancer allocation first. A
         dialog whose BYE already went through is ended at once, so neither its
-        row nor its unit outlives the call.
+        row nor its unit outlives the call, and so is an answered call that ended
+        here before (its row read back before its deletion was written). Returns
+        whether the call goes on.
         """
         if (dialog.h_entry, dialog.h_id) in self._by_id:
-            return
+            return False
         self._add(dialog)
-        if dialog.call_id in self._orphan_byes:
-            del self._orphan_byes[dialog.call_id]
+        if dialog.call_id in self._ended:
+            del self._ended[dialog.call_id]
             self.end(dialog, "bye")
-            return
+            return False
         self._next_id[dialog.h_entry] = max(self._next_id.get(dialog.h_entry, 0), dialog.h_id + 1)
         answered = dialog.state >= DialogState.CONFIRMED_NA
         self._arm(dialog, dialog.timeout_at, "timeout" if answered else "failed")
+        return True
 
 
 def uri_host_port(uri: str) -> str:

@@ -229,7 +229,9 @@ class DialogStore:
         self.batch = batch
         self.retry_min = retry_min
         self.retry_max = retry_max
-        self.written = self.errors = self.overflows = 0
+        self.written = self.errors = self.overflows = self.replayed = 0
+        #: The last outage once over: when it began, how long, writes waiting, written since.
+        self.last_outage: dict[str, float] | None = None
         # The latest write wanted per dialog, in first-change order; the keys
         # of the pending deletions besides, for mode 2's immediate deletions.
         self._queue: OrderedDict[_Key, Dialog | None] = OrderedDict()
@@ -244,29 +246,41 @@ class DialogStore:
         self._single = 0  # rows to write one per transaction, to find one the table refuses
         self._backoff = 0.0
         self._down_since: float | None = None
-        self._catching_up = False
+        self._reached = False  # has the database answered once?
+        self._catching_up: dict[str, float] | None = None  # the outage being made up for
         self._out_of_sync = False
         self._stopping = False
         self._closed = False
         self._suspended = False
         self._waiters: list[Deferred[None]] = []
+        # Rows deleted while the table is being read (load): stale if read back.
+        self._deleted_meanwhile: set[_Key] | None = None
 
     @property
-    def stats(self) -> dict[str, int | bool]:
+    def stats(self) -> dict[str, Any]:
         """For metrics: ``queued`` excludes the write in flight; ``connected`` is False
-        from a failed write until the next one that succeeds; ``written`` counts rows."""
+        until the database first answers, and from a failed write or read until the next
+        one that succeeds; ``written`` counts rows, ``replayed`` those that waited out an
+        outage; ``last_outage`` (None before any) says how long, and how much waited."""
         return {
             "queued": len(self._queue),
             "written": self.written,
             "errors": self.errors,
             "overflows": self.overflows,
             "in_flight": len(self._in_flight or ()),
-            "connected": self._down_since is None,
+            "connected": self._reached and self._down_since is None,
             "out_of_sync": self._out_of_sync,
+            "replayed": self.replayed,
+            "last_outage": dict(self.last_outage) if self.last_outage else None,
         }
 
     def pending(self, dialog: Dialog) -> bool:
-        """Is a write of this dialog queued or in flight (so the table may lag behind)?"""
+        """Is a write of this dialog queued or in flight (so the table may lag behind)?
+
+        Out of sync, every live dialog is: the resynchronisation writes them all.
+        """
+        if self._out_of_sync:
+            return True
         key = (dialog.h_entry, dialog.h_id)
         return key in self._queue or any(entry[0] == key for entry in self._in_flight or ())
 
@@ -327,6 +341,36 @@ class DialogStore:
     def resume(self) -> None:
         """The node became active: its calls' changes are written again."""
         self._suspended = False
+
+    def taken_over(self, dialogs: Iterable[Dialog]) -> None:
+        """Calls taken over from the other node: their rows may be in the table, written by
+        it, so the end of one of them deletes its row (even before the table is read)."""
+        if self._accepting():
+            self._stored.update((d.h_entry, d.h_id) for d in dialogs if _written_state(d))
+
+    def _deleting(self, key: _Key) -> bool:
+        """Is the deletion of this row queued or in flight (its call ended here)?"""
+        if self._queue.get(key, False) is None:
+            return True
+        return any(k == key and d is None for k, d in self._in_flight or ())
+
+    def retry_now(self) -> None:
+        """The database answers again, maybe through another host: retry at once.
+
+        What waits for the end of a backoff is written now; a write in flight
+        on a server that went away still has to fail first.
+        """
+        if self._down_since is not None and self._cancel_retry():
+            self._kick()
+
+    def _cancel_retry(self) -> bool:
+        """Drop a pending retry (a wakeup after a backoff); True if there was one."""
+        if self._wakeup is None or not self._backoff or self._closed:
+            return False
+        self._wakeup.cancel()
+        self._wakeup = None
+        self._backoff = 0.0
+        return True
 
     def _put(self, key: _Key, dialog: Dialog | None, bounded: bool = True) -> None:
         """Queue a write, replacing the dialog's pending one in place."""
@@ -433,9 +477,11 @@ class DialogStore:
         for key, dialog in batch:
             if dialog is None:
                 self._stored.discard(key)
+                if self._deleted_meanwhile is not None:
+                    self._deleted_meanwhile.add(key)
         self.written += len(batch)
         self._single = max(0, self._single - len(batch))
-        self._succeeded()
+        self._succeeded(len(batch))
         self._kick()
 
     def _failed(self, failure: Failure, batch: list[_Entry]) -> None:
@@ -479,29 +525,43 @@ class DialogStore:
                 self._due += 1
 
     def _retry_later(self, error: BaseException) -> None:
+        self._went_down(error)
+        self._backoff = min(self.retry_max, self._backoff * 2 or self.retry_min)
+        self._wakeup = self.clock.callLater(self._backoff, self._write)
+
+    def _went_down(self, error: BaseException) -> None:
         if self._down_since is None:
             self._down_since = self.clock.seconds()
-            self._catching_up = False
+            self._catching_up = None
             log.warn(
                 "database unreachable: {error}; {count} dialog writes queued",
                 error=error,
                 count=len(self._queue),
             )
-        self._backoff = min(self.retry_max, self._backoff * 2 or self.retry_min)
-        self._wakeup = self.clock.callLater(self._backoff, self._write)
 
-    def _succeeded(self) -> None:
+    def _succeeded(self, written: int) -> None:
+        """The database took a write (``written`` rows) or a read: it answers."""
+        self._reached = True
         self._backoff = 0.0
+        now = self.clock.seconds()
         if self._down_since is not None:
+            self._catching_up = {
+                "began": self._down_since,
+                "seconds": round(now - self._down_since, 3),
+                "queued": len(self._queue) + written,
+                "replayed": 0,
+            }
             self._down_since = None
-            self._catching_up = True
+        if self._catching_up is not None:
+            self._catching_up["replayed"] += written
+            self.replayed += written
 
     def _reachable(self, _: object) -> None:
         if self._closed:
             return
         self._in_flight = None
-        self._succeeded()
         stale = self._put_all(self.live)
+        self._succeeded(0)
         log.info(
             "resynchronising the dialog table: {live} dialogs, {stale} rows to delete",
             live=len(self._queue) - stale,
@@ -533,9 +593,13 @@ class DialogStore:
         return len(stale)
 
     def _idle(self) -> None:
-        if self._catching_up:
-            self._catching_up = False
-            log.info("database back, dialog queue drained")
+        if self._catching_up is not None:
+            self.last_outage, self._catching_up = self._catching_up, None
+            log.info(
+                "database back, dialog queue drained: {replayed} writes replayed after an"
+                " outage of {seconds:.1f} s",
+                **self.last_outage,
+            )
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.called:
@@ -572,10 +636,39 @@ class DialogStore:
         Rows already expired (``timeout <= now``) or DELETED are deleted;
         a row that cannot be read as a dialog is logged and left alone. In
         mode 3 every row is removed once read, as OpenSIPS does: the table is
-        written again at stop. A database error propagates.
+        written again at stop. The row of a call that ended here, whose
+        deletion is on its way or was written while the table was read, is
+        not returned. A database error propagates.
         """
         if self.mode == NO_DB:
             return []
+        self._deleted_meanwhile = set()
+        try:
+            read = await self._read(now)
+            # A call that ended here while the table was read: its row is stale. Its
+            # deletion goes again, now that the row is this node's (it may have gone
+            # before the claim, and missed the row of the other node).
+            deleted = self._deleted_meanwhile
+            dialogs, stale = [], []
+            for dialog in read:
+                key = (dialog.h_entry, dialog.h_id)
+                if key in deleted or self._deleting(key):
+                    stale.append(key)
+                else:
+                    dialogs.append(dialog)
+            self.discard(stale)
+        except Exception as error:
+            if self.database.unreachable(error):
+                self._went_down(error)
+            raise
+        finally:
+            self._deleted_meanwhile = None
+        self._succeeded(0)
+        if self._cancel_retry() or self._catching_up is not None:
+            self._kick()
+        return dialogs
+
+    async def _read(self, now: float) -> list[Dialog]:
         others = await self.database.claim_dialogs()
         if others:
             log.info(
@@ -592,7 +685,12 @@ class DialogStore:
                     continue
                 dialog = dialog_from_row(row)
             except (TypeError, ValueError) as error:
-                log.warn("dialog row {id} skipped: {error}", id=row.id, error=error)
+                log.warn(
+                    "dialog row {entry}:{ident} skipped: {error}",
+                    entry=row.hash_entry,
+                    ident=row.hash_id,
+                    error=error,
+                )
                 continue
             dialogs.append(dialog)
         keys = [(d.h_entry, d.h_id) for d in dialogs]

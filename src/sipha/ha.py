@@ -93,6 +93,7 @@ class HighAvailability:
         early_lifetime: float = 32.0,
         probe_while_passive: bool = False,
         tables_loaded: Callable[[], defer.Deferred[None]] | None = None,
+        wait: Callable[[float], defer.Deferred[None]] | None = None,
     ):
         self.clock = clock
         self.core = core
@@ -106,6 +107,9 @@ class HighAvailability:
         #: How long a ringing call taken over may still ring (fr_inv_timer and some).
         self.early_lifetime = early_lifetime
         self.tables_loaded = tables_loaded
+        #: ``wait(delay)`` before trying an unreadable table again: fires after the
+        #: delay, or as soon as the database answers again (Database.wait).
+        self.wait = wait or (lambda delay: task.deferLater(clock, delay, lambda: None))
         self.warm: WarmCopy | None = None
         self.link: ReplicationLink | None = None
         self.role: Role | None = None
@@ -208,6 +212,7 @@ class HighAvailability:
         self.core.adopt_branches(d for d in warm if d.state < DialogState.CONFIRMED_NA)
         if self.store is not None:
             self.store.resume()
+            self.store.taken_over(warm)
         if self.link is not None:
             self.link.announce()
         standby_ms = (time.perf_counter() - started) * 1000
@@ -230,7 +235,11 @@ class HighAvailability:
         self._reconcile_later(generation, trusted, ended, why, started)
 
     def restore(self, dialogs: Iterable[Dialog]) -> int:
-        """Register dialogs taken over, each with its load-balancer units; returns how many."""
+        """Register dialogs taken over, each with its load-balancer units; returns how many.
+
+        A call whose BYE passed while it was not known yet is ended at once,
+        and not counted.
+        """
         restored = 0
         for dialog in dialogs:
             if self.dialogs.match_id(dialog.h_entry, dialog.h_id) is not None:
@@ -239,8 +248,7 @@ class HighAvailability:
                 dialog.binding = self.balancer.restore(
                     dialog.lb_group, dialog.destination, dialog.lb_resources
                 )
-            self.dialogs.restore(dialog)
-            restored += 1
+            restored += self.dialogs.restore(dialog)
         return restored
 
     def _reconcile_later(
@@ -266,17 +274,18 @@ class HighAvailability:
         if self.tables_loaded is not None:
             await self.tables_loaded()
         delay, longest = RECONCILE_RETRY
+        failed = False
         while generation == self._generation:
             try:
                 restored = await self.reconcile(trusted, ended)
             except Exception as error:
-                log.warn(
-                    "dialog table: {error}; calls from it are restored when it answers"
-                    " (next try in {delay:g} s)",
-                    error=error,
-                    delay=delay,
-                )
-                await task.deferLater(self.clock, delay, lambda: None)
+                if not failed:
+                    log.warn(
+                        "dialog table: {error}; calls from it are restored as soon as it answers",
+                        error=error,
+                    )
+                failed = True
+                await self.wait(delay)
                 delay = min(2 * delay, longest)
                 continue
             if generation != self._generation:

@@ -239,7 +239,7 @@ def namespace(control: Control) -> dict[str, Any]:
         "balancer": (control.balancer, "the load balancer (INVITE): .list(), .load(uri)"),
         "dialogs": (control.dialogs, "the live dialogs: iterate it, len() it"),
         "store": (control.store, "the dialog store: .stats"),
-        "database": (control.database, "the adbapi database: .pool"),
+        "database": (control.database, "the adbapi database: .pool, .status() (its hosts)"),
         "ha": (control.ha, "the node's role in the pair: .status(), .set_role()"),
         "control": (control, "the Control object behind sipha-ctl"),
         "reactor": (reactor, "the reactor: never block it"),

@@ -32,6 +32,7 @@ from twisted.application import service, strports
 from twisted.web import resource, server
 
 from sipha import __version__
+from sipha.dbcluster import HostState
 from sipha.dialog import DialogState
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["SiphaCollector", "counters", "metrics_service", "registry"]
 
 _LIVE_STATES = tuple(s.name.lower() for s in DialogState if s is not DialogState.DELETED)
+_HOST_STATES = tuple(state.value for state in HostState)
 
 
 def counters(control: Control) -> dict[str, Any]:
@@ -75,6 +77,7 @@ def counters(control: Control) -> dict[str, Any]:
         "probes": probes,
         "dialog_store": dict(store.stats) if store is not None else None,
         "role": control.ha.role if control.ha is not None else None,
+        "database": control.database.status() if control.database is not None else None,
     }
 
 
@@ -209,6 +212,7 @@ class SiphaCollector(Collector):
         yield probes
         yield from self._destinations()
         yield from self._store(snap["dialog_store"])
+        yield from self._database(snap["database"])
 
     def _destinations(self) -> Iterator[Metric]:
         control = self.control
@@ -250,7 +254,7 @@ class SiphaCollector(Collector):
         )
         yield GaugeMetricFamily(
             "sipha_dialog_store_connected",
-            "0 from a failed dialog write until one succeeds",
+            "1 once the database answered, 0 from a failed dialog write or read until one succeeds",
             value=int(stats["connected"]),
         )
         yield GaugeMetricFamily(
@@ -268,6 +272,40 @@ class SiphaCollector(Collector):
             "sipha_dialog_store_overflows",
             "Times the dialog write queue hit [dialog] queue_limit",
             value=stats["overflows"],
+        )
+        yield CounterMetricFamily(
+            "sipha_dialog_store_replayed",
+            "Dialog rows written after waiting out a database outage",
+            value=stats["replayed"],
+        )
+
+    def _database(self, status: dict[str, Any] | None) -> Iterator[Metric]:
+        """The host in use and each host's state (a StateSet: one sample per state)."""
+        if status is None or status["engine"] != "mysql":
+            return
+        in_use = GaugeMetricFamily(
+            "sipha_database_host_in_use", "1 for the database host sipha uses", labels=["host"]
+        )
+        state = GaugeMetricFamily(
+            "sipha_database_host_state",
+            "1 for the state the last check found the host in",
+            labels=["host", "state"],
+        )
+        for host in status["hosts"]:
+            in_use.add_metric([host["address"]], int(host["in_use"]))
+            for name in _HOST_STATES:
+                state.add_metric([host["address"], name], int(host["state"] == name))
+        yield in_use
+        yield state
+        yield CounterMetricFamily(
+            "sipha_database_failovers",
+            "Times sipha left a database host that failed its check",
+            value=status["failovers"],
+        )
+        yield CounterMetricFamily(
+            "sipha_database_conflicts_retried",
+            "Transactions run again after a deadlock or a Galera write-set conflict",
+            value=status["conflicts_retried"],
         )
 
 

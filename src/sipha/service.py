@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import signal
 import socket
 import threading
@@ -166,6 +167,8 @@ GC_YOUNG_THRESHOLD = 2500
 GC_NEVER = 2**31 - 1
 #: Seconds between full collections.
 GC_FULL_INTERVAL = 3600.0
+#: Seconds between two attempts to load the tables at start (doubling), while the database is away.
+TABLES_RETRY = (0.5, 10.0)
 #: Receive-queue bytes (kernel accounting, about 1.3 KB a datagram) past which
 #: new calls are refused: some 6,400 messages, about half a second of work at
 #: full load, when the callers' retransmissions (T1) start to add to it.
@@ -247,6 +250,7 @@ class SIPService(service.MultiService):
             reactor,
             owner=config.ha.node_address or socket.gethostname(),
         )
+        self.database.start()
         self.store = DialogStore(
             self.database,
             reactor,
@@ -255,6 +259,7 @@ class SIPService(service.MultiService):
             max_queue=config.dialog.queue_limit,
             live=core.dialogs,
         )
+        self.database.watch(self.store.retry_now)
         self.control = control = Control(
             config, self.database, dispatcher, balancer, core.dialogs, self.store
         )
@@ -284,6 +289,7 @@ class SIPService(service.MultiService):
             probe_while_passive=bool(config.ha.node_address),
             early_lifetime=timers.fr_timer + timers.fr_inv_timer,
             tables_loaded=lambda: _when_done(self._tables),
+            wait=self.database.wait,
         )
         core.dialogs.observers = (self.store,)
         if config.ha.peer:
@@ -303,7 +309,7 @@ class SIPService(service.MultiService):
         super().startService()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, self._on_sighup)
-        self._tables = defer.ensureDeferred(self._load_tables())
+        self._tables = defer.ensureDeferred(self._load_tables_when_it_answers())
         _when_done(self._tables).chainDeferred(self.ready)
         if config.ha.virtual_ip:
             _warn_of_a_cold_standby(config)
@@ -377,19 +383,48 @@ class SIPService(service.MultiService):
         self.core.dialogs.observers += (outbox,)
 
     async def _load_tables(self) -> None:
-        """Create missing tables and take the destinations from them.
-
-        The proxy routes on the config lists meanwhile; a database that is down
-        is logged and leaves them in place: routing never waits for it.
-        """
+        """Create missing tables and take the destinations from them."""
         assert self.database is not None
         assert self.control is not None
+        await self.database.create_schema()
+        await self.control.reload()
+
+    async def _load_tables_when_it_answers(self) -> None:
+        """Load the tables at start, however long the database takes to answer.
+
+        The proxy routes on the config lists meanwhile: routing never waits
+        for the database. A database that is down is logged once, and tried
+        again with a backoff, at once when one of its hosts answers again.
+        """
+        assert self.database is not None
+        delay, longest = TABLES_RETRY
+        for attempt in itertools.count(1):
+            if not self.running:
+                return
+            try:
+                await self._load_tables()
+            except Exception as error:
+                if attempt == 1:
+                    log.error(
+                        "database {database}: {error}; routing on the config file's"
+                        " destinations until it answers",
+                        database=self.database,
+                        error=error,
+                    )
+                await self.database.wait(delay)
+                delay = min(2 * delay, longest)
+                continue
+            if attempt > 1:
+                log.info("database {database} answers: tables loaded", database=self.database)
+            return
+
+    async def _reload_tables(self) -> None:
+        """``kill -HUP``: one attempt, logged if it fails (the operator tries again)."""
         try:
-            await self.database.create_schema()
-            await self.control.reload()
+            await self._load_tables()
         except Exception as error:
             log.error(
-                "database {database}: {error}; routing on the config file's destinations",
+                "database {database}: {error}; destinations unchanged",
                 database=self.database,
                 error=error,
             )
@@ -416,7 +451,7 @@ class SIPService(service.MultiService):
         def reload() -> None:
             if self.tls is not None:
                 self.tls.reload()
-            defer.ensureDeferred(self._load_tables())
+            defer.ensureDeferred(self._reload_tables())
 
         self.reactor.callFromThread(reload)
 

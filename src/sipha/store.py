@@ -4,27 +4,57 @@ Both engines run the same statements; what differs (driver, connection
 arguments, placeholder style, DDL) is decided once, from the URL, in
 :class:`Database`. Queries run in the pool's threads and return Deferreds: the
 reactor thread never waits for the database.
+
+A MySQL URL may name several hosts: :mod:`sipha.dbcluster` checks them and
+says which one is in use, and each pool thread connects to that one, dropping
+a connection to any other the next time it runs a query. Every write of sipha
+is idempotent (upserts and deletions keyed by the dialog's id, claims by
+owner), so a transaction that failed with its outcome unknown (the server
+died during the COMMIT) is simply written again, on whichever host is in use
+then. One the server rolled back on purpose, a deadlock or a Galera write-set
+conflict found at certification, is retried at once in the same thread, a few
+times, before it counts as failed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
+from sipha.config import parse_db_url
+from sipha.dbcluster import CHECK_TIMEOUT, Cluster, Host, NotSyncedError, galera_problem
 from sipha.logs import Log
 
 log = Log(namespace="sipha.store")
 
-# MySQL client errors after which a connection is dead: server gone away, lost.
-MYSQL_CONNECTION_ERRORS = frozenset((2006, 2013))
+#: MySQL errors of a transaction the server rolled back on purpose, worth running again
+#: at once: ER_LOCK_WAIT_TIMEOUT, and ER_LOCK_DEADLOCK (also a Galera certification failure).
+MYSQL_CONFLICTS = frozenset((1205, 1213))
+#: Attempts at a transaction that keeps meeting conflicts, and the first pause between them.
+CONFLICT_ATTEMPTS = 5
+CONFLICT_PAUSE = 0.02
+
+#: What a health check reads: every wsrep variable galera_problem looks at.
+_WSREP_VARIABLES = (
+    "wsrep_cluster_status",
+    "wsrep_ready",
+    "wsrep_local_state",
+    "wsrep_local_state_comment",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +87,10 @@ class LoadBalancerRow:
 class DialogRow:
     """One row of the ``dialog`` table, with OpenSIPS 1.7's column names and order.
 
-    ``id`` is the table's own counter, None for a row not read back;
-    ``(hash_entry, hash_id)`` is the key every write goes by.
+    ``(hash_entry, hash_id)`` is the key every write goes by (OpenSIPS's own
+    ``id`` column, where a table has one, is neither read nor written).
     """
 
-    id: int | None = None
     hash_entry: int
     hash_id: int
     callid: str
@@ -94,7 +123,7 @@ class DialogRow:
         return self.hash_entry, self.hash_id
 
 
-DIALOG_COLUMNS = tuple(f.name for f in fields(DialogRow) if f.name != "id")
+DIALOG_COLUMNS = tuple(f.name for f in fields(DialogRow))
 
 
 def _sqlite_open(connection: Any) -> None:
@@ -102,30 +131,147 @@ def _sqlite_open(connection: Any) -> None:
     connection.execute("PRAGMA journal_mode=WAL")
 
 
+def _wsrep_on(cursor: Any) -> bool:
+    cursor.execute("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
+    return any(str(value).upper() == "ON" for _, value in cursor.fetchall())
+
+
+def _wsrep_variables(cursor: Any) -> dict[str, str]:
+    """The variables :func:`galera_problem` reads; none but ``wsrep_on`` OFF without Galera."""
+    if not _wsrep_on(cursor):
+        return {"wsrep_on": "OFF"}
+    names = ", ".join(f"'{name}'" for name in _WSREP_VARIABLES)
+    cursor.execute(f"SHOW GLOBAL STATUS WHERE Variable_name IN ({names})")
+    return {"wsrep_on": "ON", **{str(n).lower(): str(v) for n, v in cursor.fetchall()}}
+
+
+def _mysql_open(connection: Any) -> None:
+    """On Galera, reads wait until the node has applied every earlier commit of the cluster.
+
+    So a takeover that reads the dialog table through another node than the
+    one the rows were written through still sees every row (wsrep_sync_wait).
+    """
+    cursor = connection.cursor()
+    if _wsrep_on(cursor):
+        cursor.execute("SET SESSION wsrep_sync_wait = 1")
+    cursor.close()
+
+
+class Pool(adbapi.ConnectionPool):
+    """adbapi's pool, on the host in use, quiet when the server is away, retrying conflicts.
+
+    adbapi's own recovery (``cp_reconnect``) logs two tracebacks ("Rollback
+    failed") for every query that meets a dead connection. Here such a
+    connection is closed and forgotten without a word, the error goes to the
+    caller, and the thread's next query opens a new connection to the host in
+    use at that moment (``cluster.in_use``, read in the thread).
+    """
+
+    def __init__(
+        self,
+        dbapi_name: str,
+        *connargs: Any,
+        cluster: Cluster | None = None,
+        conflict: Callable[[BaseException], bool] = lambda error: False,
+        **connkw: Any,
+    ):
+        super().__init__(dbapi_name, *connargs, **connkw)
+        self.cluster = cluster
+        self.conflict = conflict
+        self.conflicts_retried = 0
+        self._lock = threading.Lock()
+        self._hosts: dict[int, Host] = {}  # thread id: the host its connection goes to
+
+    def connect(self) -> Any:
+        tid = self.threadID()
+        conn = self.connections.get(tid)
+        host = self.cluster.in_use if self.cluster is not None else None
+        if conn is not None and self._hosts.get(tid) is not host:
+            self.disconnect(conn)
+            conn = None
+        if conn is None:
+            where = {} if host is None else {"host": host.host, "port": host.port}
+            conn = self.dbapi.connect(*self.connargs, **self.connkw, **where)
+            if self.openfun is not None:
+                self.openfun(conn)
+            self.connections[tid] = conn
+            if host is not None:
+                self._hosts[tid] = host
+        return conn
+
+    def _close(self, conn: Any) -> None:
+        with contextlib.suppress(self.dbapi.Error):  # it was dead already
+            conn.close()
+
+    def _runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Any:  # noqa: N802
+        pause = CONFLICT_PAUSE
+        for attempt in itertools.count(1):
+            conn = self.connect()
+            cursor = conn.cursor()
+            try:
+                result = interaction(cursor, *args, **kw)
+                cursor.close()
+                conn.commit()
+                return result
+            except Exception as error:
+                self._abandon(conn)
+                if attempt == CONFLICT_ATTEMPTS or not self.conflict(error):
+                    raise
+            with self._lock:
+                self.conflicts_retried += 1
+            time.sleep(pause)
+            pause *= 2
+
+    def _abandon(self, conn: Any) -> None:
+        """Roll back; a connection that cannot even do that is dead and goes."""
+        try:
+            conn.rollback()
+        except self.dbapi.Error:
+            self.disconnect(conn)
+
+    def runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Deferred[Any]:  # noqa: N802
+        done = super().runInteraction(interaction, *args, **kw)
+        if self.cluster is not None:
+            done.addErrback(self._failed)
+        return done
+
+    def _failed(self, failure: Failure) -> Failure:
+        """A query that failed for want of its server (not a refused row) checks it at once."""
+        lost = (self.dbapi.OperationalError, self.dbapi.InterfaceError)
+        if isinstance(failure.value, lost) and not self.conflict(failure.value):
+            assert self.cluster is not None
+            self.cluster.suspect()
+        return failure
+
+
 class Database:
-    """A connection pool for ``sqlite:///PATH`` or ``mysql://USER:PASS@HOST:PORT/DB``.
+    """A connection pool for ``sqlite:///PATH`` or ``mysql://USER:PASS@HOST:PORT[,HOST:PORT...]/DB``.
 
     ``owner`` names this node in the dialog table's ``owner`` column: a node
     changes only the rows it wrote or took over (:meth:`claim_dialogs`), so two
     nodes that both believe they are active (a VRRP split) never overwrite or
-    delete each other's rows.
+    delete each other's rows. A MySQL database checks its hosts from
+    :meth:`start` to :meth:`close`.
     """
 
     def __init__(self, url: str, reactor: Any = None, owner: str = ""):
-        parts = urlsplit(url)
+        if reactor is None:
+            from twisted.internet import reactor
         self.url = url
         self.owner = owner
-        self.engine = parts.scheme
-        options: dict[str, Any] = {"cp_noisy": False}
-        if reactor is not None:
-            options["cp_reactor"] = reactor
+        self.reactor = reactor
+        target = parse_db_url(url)
+        self.engine = target.scheme
+        self.cluster: Cluster | None = None
+        self._checks: ThreadPool | None = None
+        options: dict[str, Any] = {"cp_noisy": False, "cp_reactor": reactor}
         if self.engine == "sqlite":
-            path = url[len("sqlite:///") :]
+            path = target.path
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             # One writer at a time is all SQLite allows; a single thread avoids
             # "database is locked" and keeps the connection in one thread.
-            self.pool = adbapi.ConnectionPool(
+            self.pool = Pool(
                 "sqlite3",
                 path,
                 check_same_thread=False,
@@ -140,21 +286,26 @@ class Database:
                 "{0} = excluded.{0}",
                 " WHERE dialog.owner = excluded.owner",
             )
-        elif self.engine == "mysql":
-            self.pool = adbapi.ConnectionPool(
+        else:
+            self._account = {
+                "user": target.user,
+                "password": target.password,
+                "database": target.database,
+                "charset": "utf8mb4",
+            }
+            self.cluster = Cluster(target.hosts, reactor, self._check)
+            self._checks = ThreadPool(0, len(target.hosts), "sipha-database-checks")
+            self.pool = Pool(
                 "MySQLdb",
-                host=parts.hostname or "localhost",
-                port=parts.port or 3306,
-                user=unquote(parts.username or "root"),
-                password=unquote(parts.password or ""),
-                database=parts.path.lstrip("/"),
-                charset="utf8mb4",
+                cluster=self.cluster,
+                conflict=is_conflict,
                 connect_timeout=5,
                 read_timeout=10,
                 write_timeout=10,
-                cp_reconnect=True,
                 cp_min=1,
                 cp_max=3,
+                cp_openfun=_mysql_open,
+                **self._account,
                 **options,
             )
             self.placeholder = "%s"
@@ -164,8 +315,6 @@ class Database:
                 "{0} = IF(owner = VALUES(owner), VALUES({0}), {0})",
                 "",
             )
-        else:
-            raise ValueError(f"unsupported database URL {url!r}")
         # An upsert keyed by the UNIQUE (hash_entry, hash_id): writing a row
         # twice (a retry after a lost reply) is harmless. Another node's row
         # is left as it is.
@@ -182,9 +331,71 @@ class Database:
         )
 
     def __repr__(self) -> str:
-        parts = urlsplit(self.url)
-        where = parts.hostname or parts.path
-        return f"<Database {self.engine} {where}>"
+        if self.cluster is None:
+            return f"<Database sqlite {parse_db_url(self.url).path}>"
+        return f"<Database mysql {self.cluster.in_use.address}>"
+
+    # -- the hosts ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start checking the hosts (MySQL), at once and then every second."""
+        if self.cluster is not None and self._checks is not None:
+            self._checks.start()
+            self.cluster.start()
+
+    def _check(self, host: Host) -> Deferred[str]:
+        assert self._checks is not None
+        return deferToThreadPool(self.reactor, self._checks, self._check_in_thread, host)
+
+    def _check_in_thread(self, host: Host) -> str:
+        """Connect to ``host`` as sipha does and ask whether it may take writes."""
+        connection = self.pool.dbapi.connect(
+            host=host.host,
+            port=host.port,
+            connect_timeout=CHECK_TIMEOUT,
+            read_timeout=CHECK_TIMEOUT,
+            write_timeout=CHECK_TIMEOUT,
+            **self._account,
+        )
+        try:
+            variables = _wsrep_variables(connection.cursor())
+        finally:
+            connection.close()
+        problem = galera_problem(variables)
+        if problem is not None:
+            raise NotSyncedError(problem)
+        return "Galera, Synced" if variables["wsrep_on"] == "ON" else "standalone"
+
+    @property
+    def connected(self) -> bool:
+        """Did the last check of the host in use pass? (SQLite: always.)"""
+        return self.cluster is None or self.cluster.usable
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever the host in use changes or answers again (MySQL)."""
+        if self.cluster is not None:
+            self.cluster.watch(callback)
+
+    def wait(self, delay: float) -> Deferred[None]:
+        """Fires after ``delay`` seconds, or as soon as the database answers again."""
+        if self.cluster is None:
+            return deferLater(self.reactor, delay, lambda: None)
+        return self.cluster.wait(delay)
+
+    def status(self) -> dict[str, Any]:
+        """``sipha-ctl database``: the host in use and why, each host's state, the failovers."""
+        if self.cluster is None:
+            return {
+                "engine": "sqlite",
+                "host": parse_db_url(self.url).path,
+                "connected": True,
+                "hosts": [],
+            }
+        return {
+            "engine": "mysql",
+            **self.cluster.status(),
+            "conflicts_retried": self.pool.conflicts_retried,
+        }
 
     def sql(self, statement: str) -> str:
         """Write statements with ``?`` placeholders; MySQLdb wants ``%s``."""
@@ -202,7 +413,8 @@ class Database:
         A dialog table that OpenSIPS made indexes (hash_entry, hash_id) without
         UNIQUE, which sipha's upserts need: such a table gets a unique index of
         its own beside OpenSIPS's. Should that fail (rows that share an id), the
-        error is logged and the other tables are still read.
+        error is logged and the other tables are still read. On MySQL its
+        AUTO_INCREMENT ``id`` is widened (:meth:`_widen_dialog_id`).
         """
         statements = self.schema()
 
@@ -212,6 +424,8 @@ class Database:
 
         await self.pool.runInteraction(create)
         await self.pool.runInteraction(self._add_owner_column)
+        if self.engine == "mysql":
+            await self.pool.runInteraction(self._widen_dialog_id)
         if await self.pool.runInteraction(self._dialog_key_is_unique):
             return
         try:
@@ -239,6 +453,27 @@ class Database:
             return
         cursor.execute("ALTER TABLE dialog ADD COLUMN owner CHAR(64) DEFAULT '' NOT NULL")
         log.warn("{database}: added column owner to the dialog table", database=self)
+
+    def _widen_dialog_id(self, cursor: Any) -> None:
+        """An OpenSIPS dialog table's AUTO_INCREMENT ``id`` becomes BIGINT, which never runs out.
+
+        Every upsert uses an id up, duplicate or not, and a Galera node steps
+        by the cluster size: at 100 calls a second an INT lasts months.
+        """
+        cursor.execute(
+            "SELECT DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
+            " AND TABLE_NAME = 'dialog' AND COLUMN_NAME = 'id' AND EXTRA LIKE '%auto_increment%'"
+        )
+        found = cursor.fetchall()
+        if not found or found[0][0].lower() == "bigint":
+            return
+        cursor.execute("ALTER TABLE dialog MODIFY id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT")
+        log.warn(
+            "{database}: dialog.id widened from {type} to BIGINT UNSIGNED: every dialog write"
+            " uses an AUTO_INCREMENT value up",
+            database=self,
+            type=found[0][0].upper(),
+        )
 
     def _dialog_key_is_unique(self, cursor: Any) -> bool:
         """Does a UNIQUE index cover exactly (hash_entry, hash_id)?"""
@@ -294,11 +529,10 @@ class Database:
 
     async def dialog_rows(self) -> list[DialogRow]:
         rows = await self.pool.runQuery(
-            f"SELECT id, {', '.join(DIALOG_COLUMNS)} FROM dialog ORDER BY id"
+            f"SELECT {', '.join(DIALOG_COLUMNS)} FROM dialog"
+            " ORDER BY start_time, hash_entry, hash_id"
         )
-        return [
-            DialogRow(id=row[0], **dict(zip(DIALOG_COLUMNS, row[1:], strict=True))) for row in rows
-        ]
+        return [DialogRow(**dict(zip(DIALOG_COLUMNS, row, strict=True))) for row in rows]
 
     def write_dialogs(self, writes: Sequence[DialogRow | tuple[int, int]]) -> Deferred[None]:
         """Upsert each row and delete each ``(hash_entry, hash_id)``, in order, in one transaction.
@@ -344,19 +578,26 @@ class Database:
     def unreachable(self, error: BaseException) -> bool:
         """Did this failure come from the connection or the server, so a retry may work?
 
-        MySQL's OperationalError covers 2006/2013 (the connection is dead;
-        ``cp_reconnect`` opens a new one for the next call) and also a server
-        that refuses connections, lock timeouts and deadlocks; SQLite's covers
-        a locked or unreadable file. Anything else (a value the table refuses)
-        would fail again the same way.
+        MySQL's OperationalError covers a dead connection (the next query
+        opens a new one), a server that refuses connections and conflicts
+        that outlasted their retries; SQLite's covers a locked or unreadable
+        file. Anything else (a value the table refuses) would fail again the
+        same way.
         """
-        if isinstance(error, adbapi.ConnectionLost):
-            return True
         dbapi = self.pool.dbapi
         return isinstance(error, (dbapi.OperationalError, dbapi.InterfaceError))
 
     def close(self) -> None:
+        if self.cluster is not None and self._checks is not None:
+            self.cluster.stop()
+            self._checks.stop()
         self.pool.close()
+
+
+def is_conflict(error: BaseException) -> bool:
+    """A MySQL transaction rolled back by the server to break a conflict (see MYSQL_CONFLICTS)."""
+    args = getattr(error, "args", ())
+    return bool(args) and args[0] in MYSQL_CONFLICTS
 
 
 def _int(value: Any, default: int) -> int:

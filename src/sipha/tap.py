@@ -39,7 +39,7 @@ class Options(usage.Options):
             None,
             None,
             "Database URL, overriding [database] url: sqlite:///PATH or "
-            "mysql://USER:PASS@HOST:PORT/DB.",
+            "mysql://USER:PASS@HOST:PORT[,HOST:PORT...]/DB.",
         ],
     ]
     optFlags = [  # noqa: N815, RUF012
@@ -65,6 +65,7 @@ class Options(usage.Options):
                 raise SystemExit(f"sipha: --db-url: {e.problem}") from None
         try:
             config.route.load_function()
+            config.database.require_driver()
             check_operations(config)
             check_tls(config)
         except ConfigError as e:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import pytest
 
@@ -1018,3 +1019,28 @@ class SiphaProxy:
         if self.process is not None and self.returncode is None:
             self.returncode = terminate(self.process, grace)
         return self.returncode
+
+    def ctl_json(self, *args: str) -> Any:
+        """``sipha-ctl --json ARGS`` against this sipha's control socket (the working tree's)."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(REPO / "src"), env.get("PYTHONPATH")])
+        )
+        socket_path = self.directory / "control.sock"
+        done = subprocess.run(
+            [sys.executable, "-m", "sipha.ctl", "--socket", str(socket_path), "--json", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def kill(self) -> None:
+        """SIGKILL sipha by its PID (a crash: nothing is written on the way out) and reap it."""
+        if self.process is not None and self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGKILL)
+            self.returncode = self.process.wait()

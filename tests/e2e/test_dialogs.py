@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 import sipp
-from dbkit import query
+from dbkit import execute, query
 from dbserver import PrivateMariaDB
 
 Caller = Callable[..., sipp.SippResult]
@@ -114,11 +114,16 @@ def wait_for_rows(url: str, wanted: Callable[[Rows], bool], timeout: float) -> R
 
 
 def held_calls(
-    sipp_caller: Caller, proxy: sipp.SiphaProxy, count: int, hold_ms: int, **options: Any
+    sipp_caller: Caller,
+    proxy: sipp.SiphaProxy,
+    count: int,
+    hold_ms: int,
+    scenario: str | Path = "uac.xml",
+    **options: Any,
 ) -> sipp.SippResult:
     """``count`` calls up at once for ``hold_ms``; check=False lets the test judge the result."""
     options = {"rate": RATE, "limit": count, "timeout": hold_ms / 1000 + 20} | options
-    return sipp_caller("uac.xml", proxy.address, calls=count, hold_ms=hold_ms, **options)
+    return sipp_caller(scenario, proxy.address, calls=count, hold_ms=hold_ms, **options)
 
 
 def assert_all_succeeded(result: sipp.SippResult, count: int) -> None:
@@ -350,3 +355,130 @@ def test_database_outage_during_calls(
     back = log.find("database back, dialog queue drained")
     assert 0 <= down < back, f"outage and recovery not logged in turn\n{log[-sipp.LOG_TAIL :]}"
     assert "dialog write queue full" not in log, log[-sipp.LOG_TAIL :]
+    assert "Traceback" not in log, log[-sipp.LOG_TAIL :]  # sipha's lines, not adbapi's
+
+
+# --------------------------------------------------------------------------- starting without it
+
+
+def test_destinations_come_from_the_tables_once_a_database_down_at_start_answers(
+    private_mariadb: PrivateMariaDB,
+    sipha_proxy: ProxyFactory,
+    media_server: ServerFactory,
+) -> None:
+    """Started without its database, sipha routes on the config file's list; as soon as the
+    database answers it loads the tables (which once took a restart, or a kill -HUP)."""
+    listed, tabled = (media_server(sipp.free_port()) for _ in range(2))
+    url = private_mariadb.create_database("sipha")
+    port = sipp.free_port()
+    start_sipha(sipha_proxy, [listed], url, port=port).stop()  # makes the tables
+    execute(
+        url,
+        "insert into load_balancer (group_id, dst_uri, resources, description)"
+        f" values (1, '{tabled.uri}', 'pstn=32', 'FS2')",
+    )
+    private_mariadb.stop()
+    proxy = start_sipha(sipha_proxy, [listed], url, port=port)
+
+    def balancer() -> tuple[str, list[str]]:
+        listing = proxy.ctl_json("destinations")
+        return listing["sources"]["load_balancer"], [d["uri"] for d in listing["load_balancer"]]
+
+    assert balancer() == ("config", [listed.uri])
+    private_mariadb.start()
+    assert sipp.wait_until(lambda: balancer() == ("table", [tabled.uri]), 3), balancer()
+
+
+#: Calls up through the restart: answered before it, ended well after the database is back.
+THROUGH_RESTART = 50
+THROUGH_RESTART_HOLD_MS = 26000
+#: Calls ended while the restarted sipha has no database: their BYEs pass by Record-Route.
+ENDED_BLIND = 10
+ENDED_BLIND_HOLD_MS = 9000
+DATABASE_AWAY = 15.0
+
+
+def without_record_route(tmp_path: Path) -> Path:
+    """uac.xml as a UA that ignores Record-Route: ACK and BYE straight to sipha, no Route."""
+    text = (sipp.SCENARIOS / "uac.xml").read_text(encoding="latin-1")
+    for old, new in (
+        (' rrs="true"', ""),
+        ("[next_url]", "sip:[service]@[remote_ip]:[remote_port]"),
+        ("      [routes]\n", ""),
+    ):
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / "uac_no_record_route.xml"
+    path.write_text(text, encoding="latin-1")
+    return path
+
+
+def test_a_sipha_started_without_its_database_takes_the_calls_back_when_it_answers(
+    tmp_path: Path,
+    private_mariadb: PrivateMariaDB,
+    sipha_proxy: ProxyFactory,
+    media_server: ServerFactory,
+    sipp_caller: Caller,
+    background: Callable[..., Future[Any]],
+) -> None:
+    """100 calls up; the database stops; sipha is killed and started again; 15 s later the
+    database is back. Every BYE completes, with a Record-Route aware caller and without one;
+    a BYE relayed before the calls came back ends its row; nothing is left at the end.
+    """
+    servers = [media_server(sipp.free_port()) for _ in range(2)]
+    url = private_mariadb.create_database("sipha")
+    port = sipp.free_port()
+    capacity = THROUGH_RESTART + ENDED_BLIND
+    first = start_sipha(sipha_proxy, servers, url, port=port, capacity=capacity)
+    wait_for_dialog_table(url)
+
+    calls = {
+        "record-route": background(
+            held_calls, sipp_caller, first, THROUGH_RESTART, THROUGH_RESTART_HOLD_MS, check=False
+        ),
+        "no record-route": background(
+            held_calls,
+            sipp_caller,
+            first,
+            THROUGH_RESTART,
+            THROUGH_RESTART_HOLD_MS,
+            scenario=without_record_route(tmp_path),
+            check=False,
+        ),
+        "ended blind": background(
+            held_calls, sipp_caller, first, ENDED_BLIND, ENDED_BLIND_HOLD_MS, check=False
+        ),
+    }
+    up = 2 * THROUGH_RESTART + ENDED_BLIND
+    rows = wait_for_rows(url, lambda rows: [r[1] for r in rows] == [CONFIRMED] * up, 10)
+    assert len(rows) == up, rows
+
+    private_mariadb.stop()
+    stopped = time.monotonic()
+    first.kill()
+    second = start_sipha(sipha_proxy, servers, url, port=port, capacity=capacity)
+    store = second.ctl_json("counters")["dialog_store"]
+    assert store["connected"] is False, store  # and says so
+    assert not any(calls[name].done() for name in calls)
+    calls["ended blind"].result(timeout=ENDED_BLIND_HOLD_MS / 1000 + 10)  # BYEs by Route
+    assert not any(calls[name].done() for name in ("record-route", "no record-route"))
+
+    time.sleep(max(0.0, stopped + DATABASE_AWAY - time.monotonic()))
+    private_mariadb.start()
+    # Within a check of the database's hosts (1 s), not at the end of some backoff.
+    assert sipp.wait_until(lambda: restored(second) is not None, timeout=2.5), second.log()
+    assert restored(second) == 2 * THROUGH_RESTART, second.log()
+    assert second.ctl_json("counters")["dialog_store"]["connected"] is True
+    assert not any(calls[name].done() for name in ("record-route", "no record-route"))
+
+    for name, call in calls.items():
+        count = ENDED_BLIND if name == "ended blind" else THROUGH_RESTART
+        assert_all_succeeded(call.result(timeout=60), count)
+    completed(servers, up)
+    assert wait_for_rows(url, lambda rows: not rows, timeout=5) == []
+    counters = second.ctl_json("counters")
+    assert sum(counters["dialogs"].values()) == 0, counters["dialogs"]
+    balancer = second.ctl_json("destinations")["load_balancer"]
+    assert [r["load"] for d in balancer for r in d["resources"]] == [0, 0], balancer
+    log = second.log()
+    assert "Traceback" not in log, log[-sipp.LOG_TAIL :]  # an outage is sipha's own lines

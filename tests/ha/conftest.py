@@ -34,9 +34,12 @@ RECORDS: list[tuple[str, Record]] = []
 
 @pytest.fixture(scope="module")
 def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """The whole pair in namespaces, shared by the tests of a module."""
+    """The whole pair in namespaces, shared by the tests of a module.
+
+    A module's ``LAB_CLASS`` (galera.py's GaleraLab, say) builds another lab.
+    """
     require_root_and_tools()
-    the_lab = Lab(tmp_path_factory.mktemp("ha"))
+    the_lab = getattr(request.module, "LAB_CLASS", Lab)(tmp_path_factory.mktemp("ha"))
     with the_lab.opened():
         request.node.stash[LAB] = the_lab
         yield the_lab

@@ -138,8 +138,9 @@ def substitute(text: str, replacements: dict[str, str]) -> str:
 class Network:
     """The namespaces, the bridge and the veths; the VIP as seen on each host."""
 
-    def __init__(self, tag: str) -> None:
+    def __init__(self, tag: str, hosts: dict[str, str]) -> None:
         self.tag = tag
+        self.hosts = hosts
         self.namespaces: list[str] = []
 
     def name(self, host: str) -> str:
@@ -161,7 +162,7 @@ class Network:
         # No STP: a port forwards the moment it is up.
         _run("ip", "-n", switch, "link", "add", "br0", "type", "bridge", "stp_state", "0")
         _run("ip", "-n", switch, "link", "set", "br0", "up")
-        for host, address in HOSTS.items():
+        for host, address in self.hosts.items():
             name = self._add(host)
             port = f"v-{host}"
             _run(
@@ -436,11 +437,15 @@ class Node:
         self.keepalived.env["SIPHA_CTL"] = str(self.ctl_path)
 
     def write_files(self, db_url: str, media_servers: Sequence[LabMediaServer]) -> None:
+        resources = f"pstn={self.lab.capacity}"
         self.config.write_text(
             sipp.sipha_config(
                 self.directory,
                 [f"udp:{VIP}:{SIP_PORT}"],
-                [sipp.Destination(server.uri, dispatcher=False) for server in media_servers],
+                [
+                    sipp.Destination(server.uri, resources=resources, dispatcher=False)
+                    for server in media_servers
+                ],
                 sections={
                     "ha": {
                         "virtual_ip": VIP,
@@ -622,19 +627,20 @@ class Node:
 
 
 class Lab:
-    """The whole pair in namespaces; :meth:`open` builds it, :meth:`close` takes it all down."""
+    """The whole pair in namespaces; :meth:`open` builds it, :meth:`close` takes it all down.
+
+    The database is one MariaDB on the host ``db``; a subclass may run another
+    (galera.py: a Galera cluster) by overriding ``hosts`` and the ``*database*``
+    methods.
+    """
+
+    hosts = HOSTS
+    #: Load-balancer units (pstn) of each media server.
+    capacity = 32
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.network = Network(f"sipha-ha{os.getpid()}")
-        self.database = PrivateMariaDB(
-            directory / "db",
-            directory / "db",
-            host=HOSTS["db"],
-            port=3306,
-            namespace=self.network.name("db"),
-        )
-        self.database.directory.mkdir(parents=True, exist_ok=True)
+        self.network = Network(f"sipha-ha{os.getpid()}", self.hosts)
         self.media_servers = [LabMediaServer(self, host) for host in MEDIA_SERVERS]
         self.nodes = {host: Node(self, host) for host in NODES}
         self.callers: list[sipp.Caller] = []
@@ -646,10 +652,7 @@ class Lab:
         ``keepalived=False`` leaves the VIP to another engine (heartbeat_lab.py).
         """
         self.network.create()
-        self.database.install()
-        self.database.start()
-        self.database.allow_root_from(NET + "%")
-        self.db_url = self.database.create_database(DATABASE)
+        self.db_url = self.open_database()
         for server in self.media_servers:
             server.start()
         for node in self.nodes.values():
@@ -672,8 +675,31 @@ class Lab:
             with contextlib.suppress(Exception):
                 server.daemon.stop()
         with contextlib.suppress(Exception):
-            self.database.stop()
+            self.close_database()
         self.network.delete()
+
+    # -- the database
+
+    def open_database(self) -> str:
+        """Start the database the nodes share; returns the URL sipha is given."""
+        self.database = PrivateMariaDB(
+            self.directory / "db",
+            self.directory / "db",
+            host=HOSTS["db"],
+            port=3306,
+            namespace=self.network.name("db"),
+        )
+        self.database.directory.mkdir(parents=True, exist_ok=True)
+        self.database.install()
+        self.database.start()
+        self.database.allow_root_from(NET + "%")
+        return self.database.create_database(DATABASE)
+
+    def close_database(self) -> None:
+        self.database.stop()
+
+    def database_logs(self) -> list[tuple[str, Path]]:
+        return [("mariadb", self.database.error_log)]
 
     @contextlib.contextmanager
     def opened(self, keepalived: bool = True) -> Iterator[Lab]:
@@ -769,8 +795,7 @@ class Lab:
         # The media servers' error logs only list the probes -aa answered.
         found = [entry for node in self.nodes.values() for entry in node.logs()]
         found += [(f"sipp {caller.name} errors", caller.files.errors) for caller in self.callers]
-        found.append(("mariadb", self.database.error_log))
-        return found
+        return found + self.database_logs()
 
     def describe(self) -> str:
         """The state of both nodes and the end of their logs, for failure messages."""

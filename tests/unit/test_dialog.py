@@ -181,11 +181,11 @@ def test_record_route_carries_the_did_and_an_expired_call_gets_bye_both_ways():
 def test_a_bye_relayed_before_its_dialog_is_restored_ends_it_on_restore():
     dialogs, dialog, request, binding, _, ended = new_dialog()
     dialogs.answered(dialog, parsed(reply(request, 200)))
-    dialogs.end(dialog, "ended")  # as if this process had just started: no live dialog
+    dialogs.drop_all()  # as if this process had just started: no live dialog
     binding.released = 0
     dialogs.orphan_bye(parsed(invite(method="BYE", to_tag="uas-1", cseq=2)))
     dialog.state = DialogState.CONFIRMED
-    dialogs.restore(dialog)
+    assert dialogs.restore(dialog) is False  # not a call in progress
     assert binding.released == 1
     assert len(dialogs) == 0
     assert ended[-1] == "bye"
@@ -204,3 +204,14 @@ def test_an_answered_call_never_acknowledged_is_dropped_without_a_bye():
     assert len(core.dialogs) == 0
     assert core.helpers.balancer.load("sip:127.0.0.1:5071") == {"pstn": 0}
     assert [s.message.method for s in wire.take() if isinstance(s.message, Request)] == []
+
+
+def test_a_call_that_ended_here_is_not_brought_back_by_its_row():
+    """Taken over, then ended before the table was read: the row read back is stale."""
+    dialogs, dialog, request, binding, _, ended = new_dialog()
+    dialogs.answered(dialog, parsed(reply(request, 200)))
+    dialogs.end(dialog, "bye")
+    binding.released = 0
+    dialog.state = DialogState.CONFIRMED  # as read back from its row
+    assert dialogs.restore(dialog) is False
+    assert (len(dialogs), binding.released, ended[-1]) == (0, 1, "bye")

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
@@ -41,6 +41,7 @@ class FakeDatabase:
         self.rows: dict[tuple[int, int], DialogRow] = {}
         self.refuse: set[tuple[int, int]] = set()
         self.claims = 0
+        self.down = False  # reads fail as in an outage
 
     def write_dialogs(self, writes: list[DialogRow | tuple[int, int]]) -> Deferred[None]:
         self.pending.append((list(writes), Deferred()))
@@ -55,14 +56,19 @@ class FakeDatabase:
 
     def claim_dialogs(self) -> Deferred[dict[str, int]]:
         self.claims += 1
+        if self.down:
+            return fail(OutageError("can't connect to server"))
         return succeed({})
 
     async def dialog_rows(self) -> list[DialogRow]:
         return list(self.rows.values())
 
-    def finish(self, outage: bool = False) -> list[DialogRow | tuple[int, int]] | None:
-        """End the oldest transaction: committed, or failed as in an outage; returns its writes."""
-        writes, done = self.pending.pop(0)
+    def finish(
+        self, outage: bool = False, index: int = 0
+    ) -> list[DialogRow | tuple[int, int]] | None:
+        """End the oldest transaction (or the one at ``index``): committed, or failed as in an
+        outage; returns its writes."""
+        writes, done = self.pending.pop(index)
         if outage:
             done.errback(OutageError("server has gone away"))
         elif writes and any(isinstance(w, DialogRow) and w.key in self.refuse for w in writes):
@@ -159,10 +165,13 @@ def test_one_write_in_flight_and_what_changes_meanwhile_follows_it():
         "errors": 0,
         "overflows": 0,
         "in_flight": 1,
-        "connected": True,
+        "connected": False,  # not until the database first answers
         "out_of_sync": False,
+        "replayed": 0,
+        "last_outage": None,
     }
     assert described(database.finish()) == ["+1"]
+    assert store.stats["connected"] is True
     clock.advance(0)
     assert described(database.finish()) == ["+2", "+1/4"]
 
@@ -229,9 +238,16 @@ def test_an_outage_keeps_the_batch_at_the_head_retries_with_backoff_and_logs_twi
         clock.advance(0)
     assert [line for line in lines if "database" in line] == [
         "database unreachable: server has gone away; 2 dialog writes queued",
-        "database back, dialog queue drained",
+        "database back, dialog queue drained: 2 writes replayed after an outage of 17.5 s",
     ]
     assert sorted(database.rows) == [(1, 1), (1, 2)]
+    assert store.stats["last_outage"] == {
+        "began": 0.0,
+        "seconds": 17.5,
+        "queued": 2,
+        "replayed": 2,
+    }
+    assert store.stats["replayed"] == 2
 
 
 def test_after_recovery_the_backoff_starts_again_from_the_minimum():
@@ -247,6 +263,88 @@ def test_after_recovery_the_backoff_starts_again_from_the_minimum():
     clock.advance(0)
     database.finish(outage=True)
     assert clock.getDelayedCalls()[0].getTime() - clock.seconds() == 0.5
+
+
+def test_a_waiting_write_goes_at_once_when_the_database_answers_again():
+    """Told that another host took over (or the server is back), the store skips its backoff."""
+    store, database, clock = make()
+    store.changed(call(1))
+    clock.advance(0)
+    for delay in (0.5, 1.0, 2.0):
+        database.finish(outage=True)
+        clock.advance(delay)
+    database.finish(outage=True)  # the next try is 4 s away
+    store.retry_now()
+    clock.advance(0)
+    assert described(database.finish()) == ["+1"]
+    store.retry_now()  # nothing waits: nothing happens
+    assert clock.getDelayedCalls() == []
+
+
+def test_the_store_is_connected_only_once_the_database_answered():
+    """A sipha started while the database is down says so from the start."""
+    store, database, _ = make()
+    assert store.stats["connected"] is False
+    database.down = True
+    with logged() as lines:
+        loading = Deferred.fromCoroutine(store.load(now=500))
+        assert loading.called
+        loading.addErrback(lambda failure: failure.trap(OutageError))
+        assert store.stats["connected"] is False
+        database.down = False
+        Deferred.fromCoroutine(store.load(now=500))
+    assert store.stats["connected"] is True
+    assert lines == [
+        "database unreachable: can't connect to server; 0 dialog writes queued",
+        "0 dialogs read from the database, 0 rows deleted",
+        "database back, dialog queue drained: 0 writes replayed after an outage of 0.0 s",
+    ]
+
+
+def test_out_of_sync_every_live_dialog_is_pending():
+    """The table may lack any of them until the resynchronisation: a reload must not end them."""
+    store, _, _ = make(max_queue=1)
+    store.changed(call(1))
+    store.changed(call(2))  # past the bound
+    assert store.stats["out_of_sync"] is True
+    assert store.pending(call(3))
+
+
+def test_the_end_of_a_call_taken_over_deletes_the_row_the_other_node_wrote():
+    store, database, clock = make()
+    taken, ringing = call(1), call(2, DialogState.EARLY)
+    store.taken_over([taken, ringing])
+    store.deleted(ringing)  # no row: nothing to delete
+    store.deleted(taken)
+    clock.advance(0)
+    assert described(database.finish()) == ["-1"]
+
+
+@pytest.mark.parametrize("deletion", ["queued", "in flight", "written meanwhile"])
+def test_the_row_of_a_call_that_ended_here_is_not_read_back(deletion):
+    """Its deletion was on its way when the table was read: the row is stale."""
+    store, database, clock = make()
+    ended, up, expired = call(1), call(2), call(3)
+    for dialog in (ended, up, expired):
+        database.rows[(1, dialog.h_id)] = dialog_row(dialog)
+    database.rows[(1, 3)] = DialogRow(**{**_fields(database.rows[(1, 3)]), "timeout": 120})
+    store.taken_over([ended, up])
+    store.deleted(ended)
+    if deletion != "queued":
+        clock.advance(0)  # the deletion is sent
+    result: list[list[Dialog]] = []
+    Deferred.fromCoroutine(store.load(now=150)).addCallback(result.append)
+    if deletion == "written meanwhile":
+        assert described(database.finish()) == ["-1"]
+    assert described(database.pending[-1][0]) == ["-3"]  # the load deletes the expired row
+    database.finish(index=-1)
+    [loaded] = result
+    assert [d.h_id for d in loaded] == [2]
+    clock.advance(0)
+    while database.pending:  # whatever was sent, the stale row goes (again, once it is ours)
+        database.finish()
+        clock.advance(0)
+    assert sorted(database.rows) == [(1, 2)]
 
 
 def test_a_row_the_table_refuses_is_found_and_dropped_alone():
@@ -307,7 +405,9 @@ def test_past_the_bound_the_store_logs_once_stops_queuing_and_resynchronises_whe
     assert store.stats["out_of_sync"] is False
     assert len([line for line in lines if "queue full" in line]) == 1
     assert "3 dialogs, database unreachable for 0 s" in lines[1]
-    assert lines[-1] == "database back, dialog queue drained"
+    assert lines[-1] == (
+        "database back, dialog queue drained: 7 writes replayed after an outage of 1.5 s"
+    )
     store.changed(live[4])  # queuing again
     clock.advance(0)
     assert described(database.finish()) == ["+4"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,43 @@ def test_destinations_table() -> None:
         "SET  URI      STATE   WEIGHT  PRIORITY  DESCRIPTION",
         "1    sip:fs1  active  1       0         FS1",
     ]
+
+
+def test_database_table_says_which_host_is_in_use_and_why() -> None:
+    text = ctl.show_database(
+        {
+            "engine": "mysql",
+            "host": "db2:3306",
+            "connected": True,
+            "reason": "db1:3306: Lost connection to server during query (2013)",
+            "since": 0.0,
+            "failovers": 1,
+            "last_failover": {"at": 0.0, "from": "db1:3306", "to": "db2:3306", "reason": "..."},
+            "conflicts_retried": 2,
+            "hosts": [
+                {"address": "db1:3306", "in_use": False, "state": "down", "detail": "refused"},
+                {"address": "db2:3306", "in_use": True, "state": "up", "detail": "Galera, Synced"},
+                {
+                    "address": "db3:3306",
+                    "in_use": False,
+                    "state": "not synced",
+                    "detail": "Galera node not Synced (wsrep_local_state 2 Donor/Desynced)",
+                },
+            ],
+        }
+    )
+    epoch = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(0))
+    assert text.splitlines() == [
+        f"database: db2:3306 since {epoch} (db1:3306: Lost connection to server during query"
+        " (2013))",
+        f"failovers: 1, conflicts retried: 2; last failover {epoch} from db1:3306 to db2:3306",
+        "HOST      STATE       LAST CHECK",
+        "db1:3306  down        refused",
+        "db2:3306  up, in use  Galera, Synced",
+        "db3:3306  not synced  Galera node not Synced (wsrep_local_state 2 Donor/Desynced)",
+    ]
+    sqlite = {"engine": "sqlite", "host": "/var/lib/sipha.sqlite", "connected": True, "hosts": []}
+    assert ctl.show_database(sqlite) == "database: sqlite /var/lib/sipha.sqlite"
 
 
 # -- logs ------------------------------------------------------------------------------------

@@ -35,18 +35,20 @@ CREATE TABLE IF NOT EXISTS load_balancer (
 
 -- Answered calls (dialog module), one row each, with OpenSIPS 1.7's columns
 -- (3.x's wider URI and contact columns). The row is keyed by (hash_entry,
--- hash_id), the call's "did"; the index is UNIQUE (OpenSIPS's is not) because
--- sipha's writes are upserts on it. As in OpenSIPS, CSeqs are text, route
--- sets comma-joined and start_time/timeout UNIX seconds (timeout = when the
--- call expires). sipha also writes the call's load-balancer binding, so its
--- counters survive a crash or takeover: "profiles" = lbX<resource>#<destination
--- id in hex>| per resource (OpenSIPS's format) and "vars" =
--- lb_group#<group>|lb_dst#<destination URI>|, in both with "|", "#" and "\"
--- escaped by "\". "owner" is sipha's own: the node that wrote the row or took
--- it over; a node changes only its own rows, so two nodes that both believe
--- they are active never overwrite each other's (OpenSIPS ignores the column).
+-- hash_id), the call's "did", which is the primary key: every write of sipha
+-- is an upsert on it. There is no AUTO_INCREMENT id (OpenSIPS 1.7's primary
+-- key): on a Galera cluster each node hands out ids of its own, stepping by
+-- the cluster size, and every upsert uses one up, so such an id runs out and
+-- says nothing. As in OpenSIPS, CSeqs are text, route sets comma-joined and
+-- start_time/timeout UNIX seconds (timeout = when the call expires). sipha
+-- also writes the call's load-balancer binding, so its counters survive a
+-- crash or takeover: "profiles" = lbX<resource>#<destination id in hex>| per
+-- resource (OpenSIPS's format) and "vars" = lb_group#<group>|lb_dst#<destination
+-- URI>|, in both with "|", "#" and "\" escaped by "\". "owner" is sipha's own:
+-- the node that wrote the row or took it over; a node changes only its own
+-- rows, so two nodes that both believe they are active never overwrite each
+-- other's (OpenSIPS ignores the column).
 CREATE TABLE IF NOT EXISTS dialog (
-    id INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
     hash_entry INT(10) UNSIGNED NOT NULL,
     hash_id INT(10) UNSIGNED NOT NULL,
     callid CHAR(255) NOT NULL,
@@ -74,5 +76,5 @@ CREATE TABLE IF NOT EXISTS dialog (
     script_flags INT(10) UNSIGNED DEFAULT 0 NOT NULL,
     flags INT(10) UNSIGNED DEFAULT 0 NOT NULL,
     owner CHAR(64) DEFAULT '' NOT NULL,
-    UNIQUE KEY hash_idx (hash_entry, hash_id)
+    PRIMARY KEY (hash_entry, hash_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

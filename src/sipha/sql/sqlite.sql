@@ -34,17 +34,17 @@ CREATE TABLE IF NOT EXISTS load_balancer (
 CREATE INDEX IF NOT EXISTS dsturi_idx ON load_balancer (dst_uri);
 
 -- Answered calls (dialog module), one row each, with OpenSIPS 1.7's columns.
--- The row is keyed by (hash_entry, hash_id), the call's "did"; the index is
--- UNIQUE (OpenSIPS's is not) because sipha's writes are upserts on it. As in
--- OpenSIPS, CSeqs are text, route sets comma-joined and start_time/timeout
--- UNIX seconds (timeout = when the call expires). sipha also writes the
--- call's load-balancer binding, so its counters survive a crash or takeover:
--- "profiles" = lbX<resource>#<destination id in hex>| per resource (OpenSIPS's
--- format) and "vars" = lb_group#<group>|lb_dst#<destination URI>|, in both
--- with "|", "#" and "\" escaped by "\". "owner" is sipha's own: the node that
--- wrote the row or took it over; a node changes only its own rows.
+-- The row is keyed by (hash_entry, hash_id), the call's "did", which is the
+-- primary key: every write of sipha is an upsert on it (OpenSIPS 1.7's own
+-- AUTO_INCREMENT id is left out, as in mysql.sql). As in OpenSIPS, CSeqs are
+-- text, route sets comma-joined and start_time/timeout UNIX seconds (timeout =
+-- when the call expires). sipha also writes the call's load-balancer binding,
+-- so its counters survive a crash or takeover: "profiles" = lbX<resource>#<destination
+-- id in hex>| per resource (OpenSIPS's format) and "vars" =
+-- lb_group#<group>|lb_dst#<destination URI>|, in both with "|", "#" and "\"
+-- escaped by "\". "owner" is sipha's own: the node that wrote the row or took
+-- it over; a node changes only its own rows.
 CREATE TABLE IF NOT EXISTS dialog (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
     hash_entry INTEGER NOT NULL,
     hash_id INTEGER NOT NULL,
     callid VARCHAR(255) NOT NULL,
@@ -71,6 +71,6 @@ CREATE TABLE IF NOT EXISTS dialog (
     profiles TEXT,
     script_flags INTEGER NOT NULL DEFAULT 0,
     flags INTEGER NOT NULL DEFAULT 0,
-    owner TEXT NOT NULL DEFAULT ''
+    owner TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (hash_entry, hash_id)
 );
-CREATE UNIQUE INDEX IF NOT EXISTS hash_idx ON dialog (hash_entry, hash_id);
