@@ -52,7 +52,7 @@ class Pike:
         clock: Any,
         *,
         sampling_time_unit: float = 2.0,
-        reqs_density_per_unit: int = 30,
+        reqs_density_per_unit: int = 200,
         remove_latency: float = 120.0,
         trusted: Callable[[str], bool] = lambda address: False,
         max_sources: int = MAX_SOURCES,
