@@ -520,7 +520,10 @@ def test_response_without_transaction_and_not_through_sipha_is_dropped(top_via):
     "vias",
     [
         pytest.param([PEER_NODE_VIA], id="to-sipha-itself"),
-        pytest.param([PEER_NODE_VIA, "SIP/2.0/UDP ;branch=z9hG4bK-c1"], id="unusable-next-via"),
+        pytest.param(
+            [PEER_NODE_VIA, "SIP/2.0/UDP 192.0.2.10;rport=x;branch=z9hG4bK-c1"],
+            id="unusable-next-via",
+        ),
         pytest.param([PEER_NODE_VIA, "SIP/2.0/UDP [2001:db8::1]:5062"], id="no-ipv6-listener"),
         pytest.param([PEER_NODE_VIA, "SIP/2.0/SCTP 192.0.2.10:5062"], id="no-sctp-listener"),
     ],
