@@ -147,6 +147,8 @@ class SIPStreamProtocol(protocol.Protocol):
             for message in self.framer.feed(data):
                 self.transports.core.receive(message, self.peer, self.listener)
         except ParseError as error:
+            # The stream cannot be framed any further: answer what can be, then close.
+            self.transports.core.reject(error, self.peer, self.listener)
             log.info("closing stream from {peer}: {reason}", peer=self.peer, reason=error.reason)
             self.transport.loseConnection()  # type: ignore[union-attr]
         except Exception:
