@@ -937,30 +937,42 @@ class StreamFramer:
 
     def __init__(self, max_size: int = 65535):
         self.max_size = max_size
-        self._buffer = b""
+        self._buffer = bytearray()
+        # Each byte is looked at once, however the stream is chunked: where the search
+        # for the end of a head resumes, and the size of the message once it is known.
+        self._searched = 0
+        self._size: int | None = None
 
     def feed(self, data: bytes) -> Iterator[bytes]:
-        self._buffer += data
+        buffer = self._buffer
+        buffer += data
         while True:
-            buffer = self._buffer.lstrip(b"\r\n")
-            self._buffer = buffer
-            empty = _EMPTY_LINE.search(buffer)  # bare LF line ends too, as in datagrams
-            if empty is None:
-                if len(buffer) > self.max_size:
-                    raise ParseError("Message Too Large", status=513)
+            if self._size is None:
+                if buffer[:1] in (b"\r", b"\n"):
+                    del buffer[: len(buffer) - len(buffer.lstrip(b"\r\n"))]
+                    self._searched = 0
+                # bare LF line ends too, as in datagrams
+                empty = _EMPTY_LINE.search(buffer, max(0, self._searched - 2))
+                if empty is None:
+                    self._searched = len(buffer)
+                    if len(buffer) > self.max_size:
+                        raise ParseError("Message Too Large", status=513)
+                    return
+                end, body = empty.span()
+                head = bytes(buffer[:end])
+                try:
+                    self._size = body + _stream_content_length(head)
+                    if self._size > self.max_size:
+                        raise ParseError("Message Too Large", status=513)
+                except ParseError as error:
+                    error.request = _head_request(head)
+                    raise
+            if len(buffer) < self._size:
                 return
-            end, body = empty.span()
-            try:
-                total = body + _stream_content_length(buffer[:end])
-                if total > self.max_size:
-                    raise ParseError("Message Too Large", status=513)
-            except ParseError as error:
-                error.request = _head_request(buffer[:end])
-                raise
-            if len(buffer) < total:
-                return
-            self._buffer = buffer[total:]
-            yield buffer[:total]
+            message = bytes(buffer[: self._size])
+            del buffer[: self._size]
+            self._size, self._searched = None, 0
+            yield message
 
 
 def _stream_content_length(head: bytes) -> int:

@@ -6,6 +6,7 @@ Raw bytes go in; the assertions are on the objects (or the bytes) that come out.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 from itertools import pairwise
 
@@ -1587,6 +1588,17 @@ def test_framer_errors(
     elif request is not None:
         with pytest.raises(ParseError, match="Missing Via"):
             request.top_via  # noqa: B018
+
+
+def test_framer_looks_at_each_byte_once() -> None:
+    """A sender trickling a head or a body byte by byte costs linear time, not quadratic."""
+    head = b"INVITE sip:x SIP/2.0\r\nX-A: " + b"a" * 200_000 + b"\r\nContent-Length: 100000\r\n\r\n"
+    data = head + b"b" * 100_000
+    framer = StreamFramer(max_size=len(data))
+    started = time.perf_counter()
+    out = [message for i in range(len(data)) for message in framer.feed(data[i : i + 1])]
+    assert time.perf_counter() - started < 2.0
+    assert out == [data]
 
 
 def test_framer_accepts_a_message_of_exactly_max_size() -> None:
