@@ -221,10 +221,11 @@ def parse_via(text: str) -> Via:
     """Parse one Via value; raise :class:`ParseError` naming the defect."""
     if plain := _PLAIN_VIA.fullmatch(text):
         transport, host, port, params = plain.groups()
-        via = Via(transport, host.lower(), int(port) if port else None)
+        values: dict[str, str | None] = {}
         for item in params.split(";")[1:]:
             name, eq, value = item.partition("=")
-            via.params[name.lower()] = value if eq else None
+            values[name.lower()] = value if eq else None
+        via = Via(transport, host.lower(), int(port) if port else None, values)
     else:
         via = _general_via(text)
     for param, value in via.params.items():
@@ -689,11 +690,12 @@ def _body(length: str | None, body: bytes, stream: bool) -> bytes:
         return body
     if not _is_number(length):
         raise ParseError("Bad Content-Length")
-    # Digits first: int() refuses numbers of thousands of digits with ValueError.
-    size = length.lstrip("0")
-    if len(size) > len(str(len(body))) or int(size or "0") > len(body):
+    digits = length.lstrip("0") or "0"
+    # int() refuses numbers of thousands of digits; no body is ten digits long.
+    size = int(digits) if len(digits) < 10 else len(body) + 1
+    if size > len(body):
         raise ParseError("Content-Length exceeds body")
-    return body[: int(size or "0")]
+    return body[:size]
 
 
 #: Headers that must not appear twice (§7.3.1: only comma lists may): those sipha

@@ -707,6 +707,46 @@ def test_unusual_reason_phrases_go_back_unchanged(reason: str) -> None:
     assert sent.data.startswith(f"SIP/2.0 200 {reason}\r\n".encode())
 
 
+@pytest.mark.parametrize(
+    ("data", "status_line"),
+    [
+        # The route read these and raised URIError out of the core.
+        (
+            request(
+                "Route: garbage", start="BYE sip:bob@192.0.2.30 SIP/2.0", to="To: <sip:b@x>;tag=1"
+            ),
+            b"SIP/2.0 400 Bad Route: no URI in 'garbage'",
+        ),
+        (
+            request("Route: <sip:127.0.0.1:5060;lr>, junk", start="BYE sip:bob@192.0.2.30 SIP/2.0"),
+            b"SIP/2.0 400 Bad Route: no URI in 'junk'",
+        ),
+        # int() raised ValueError: on thousands of digits, or on a superscript digit.
+        (request(max_forwards="Max-Forwards: " + "7" * 5000), b"SIP/2.0 400 Bad Max-Forwards"),
+        (request(max_forwards="Max-Forwards: \u00b2"), b"SIP/2.0 400 Bad Max-Forwards"),
+        (request(length="7" * 5000), b"SIP/2.0 400 Content-Length exceeds body"),
+        (
+            request(via="Via: SIP/2.0/UDP 192.0.2.20:5062;branch=z9hG4bKr;rport=" + "7" * 5000),
+            b"SIP/2.0 400 Bad Via rport",
+        ),
+    ],
+    ids=[
+        "route-garbage",
+        "route-list-junk",
+        "max-forwards-digits",
+        "max-forwards-superscript",
+        "content-length-digits",
+        "rport-digits",
+    ],
+)
+def test_what_escaped_the_core_is_answered(data: bytes, status_line: bytes) -> None:
+    """Regressions: each of these raised out of ProxyCore.receive before."""
+    core, _, wire = make_proxy()
+    core.receive(data, UDP_CALLER, UDP_IN)
+    (sent,) = wire.take()
+    assert sent.data.partition(b"\r\n")[0] == status_line
+
+
 # -- properties -----------------------------------------------------------------------
 
 #: Pieces that the grammar cares about, for the core to be fed with.
