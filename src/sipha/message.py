@@ -3,28 +3,45 @@
 The parser does what a proxy needs and no more: it splits the start line and the
 header lines, expands compact names, unfolds continuation lines and reads the
 fields every routing decision looks at (top Via, Call-ID, CSeq, From/To tags).
-Every other header stays an opaque string and is written back as it came.
+Those, the request line, and a request's Vias, Contact, Route and Record-Route
+are held to RFC 3261's grammar (§25.1), and a single-value header may not come
+twice: what sipha forwards, the next hop must read as sipha did. Every other
+header stays an opaque string and is written back as it came.
 
 Anything malformed raises :class:`ParseError` and nothing else, carrying the
 partly parsed request (when there is one) so the caller can still answer
-``400`` with a reason that names the problem.
+``400`` with a reason that names the problem, or ``505`` for another version.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from sipha.uri import (
-    _HOST_PORT,
+    GEN_VALUE,
+    HOST,
+    IPV4,
+    IPV6,
+    PLAIN_HOST,
+    PLAIN_PORT,
+    SWS,
+    TOKEN,
     URIError,
-    _plain_host_port,
-    _split_params,
+    check_name_addrs,
+    check_request_uri,
+    comma_items,
     format_host_port,
     format_params,
+    is_token,
     name_addr_tag,
+    params_dict,
     parse_name_addr,
+    read_host,
+    read_port,
     split_comma_list,
     split_host_port,
 )
@@ -124,7 +141,7 @@ class ParseError(Exception):
 
     ``reason`` is short enough for a reason phrase. ``request`` is the partly
     parsed request when the start line was a request line (so a reply can be
-    built); ``status`` is the code to answer with (400 or 513).
+    built); ``status`` is the code to answer with (400, 505 or 513).
     """
 
     def __init__(self, reason: str, request: Request | None = None, status: int = 400):
@@ -160,6 +177,8 @@ class Via:
         (the source address), with ``rport`` naming the source port.
         """
         host = self.params.get("maddr") or self.params.get("received") or self.host
+        if host[:1] == "[":
+            host = host[1:-1]  # RFC 5118 §4.5: received=[2001:db8::9:255]
         rport = self.params.get("rport")
         if rport:
             port = int(rport)
@@ -170,39 +189,114 @@ class Via:
         return host, port
 
 
-#: A Via as nearly every hop writes it: one space, a plain sent-by (see
-#: ``_HOST_PORT``) and no space before the parameters.
-_PLAIN_VIA = re.compile(r"SIP/2\.0/([^/\s]+) " + _HOST_PORT + r"(?:;(.*))?")
+#: via-params; an IPv6 address may stand without brackets (received, RFC 5118 §4.5).
+_VIA_PARAMS = rf"(?:{SWS};{SWS}{TOKEN}(?:{SWS}={SWS}(?:{IPV6}|{GEN_VALUE}))?)*+"
 
 
-#: Any Via: ``name/version/transport`` with the white space §25.1 allows around
-#: each "/" (SLASH is SWS "/" SWS), then the sent-by and parameters.
-_VIA_PROTOCOL = re.compile(r"\s*([^/\s]+)\s*/\s*([^/\s]+)\s*/\s*([^/\s;]+)(?:\s+(.*))?", re.S)
+def _via_parm(group: Callable[[str], str]) -> str:
+    """via-parm (§25.1) with each part passed through ``group``: protocol name, version,
+    transport, host, port, parameters. SLASH and COLON allow white space around them."""
+    return (
+        rf"{SWS}{group(TOKEN)}{SWS}/{SWS}{group(TOKEN)}{SWS}/{SWS}{group(TOKEN)}[ \t]++"
+        rf"{group(HOST)}(?:{SWS}:{SWS}{group('[0-9]++')})?{group(_VIA_PARAMS)}{SWS}"
+    )
+
+
+_VIA = re.compile(_via_parm(lambda part: f"({part})"))
+_VIA_TEXT = _via_parm(lambda part: f"(?:{part})")
+_VIA_ITEM = re.compile(_VIA_TEXT)
+_VIA_LIST = re.compile(rf"{_VIA_TEXT}(?:,{_VIA_TEXT})*+")
+_IPV4 = re.compile(IPV4)
+_HOST = re.compile(HOST)
+
+
+#: A Via as nearly every hop writes it: no white space but the one SP, an upper-case
+#: transport, token parameter values.
+_PLAIN_VIA = re.compile(
+    rf"SIP/2\.0/([A-Z]++) ({PLAIN_HOST})(?::({PLAIN_PORT}))?((?:;{TOKEN}(?:={TOKEN})?)*+)"
+)
 
 
 def parse_via(text: str) -> Via:
     """Parse one Via value; raise :class:`ParseError` naming the defect."""
     if plain := _PLAIN_VIA.fullmatch(text):
-        transport, host_text, port_text, params = plain.groups()
-        host, port = _plain_host_port(host_text, port_text)
-        params = params or ""
+        transport, host, port, params = plain.groups()
+        values: dict[str, str | None] = {}
+        for item in params.split(";")[1:]:
+            name, eq, value = item.partition("=")
+            values[name.lower()] = value if eq else None
+        via = Via(transport, host.lower(), int(port) if port else None, values)
     else:
-        sent = _VIA_PROTOCOL.fullmatch(text)
-        if sent is None:
-            raise ParseError(f"Bad Via protocol {text.strip().partition(' ')[0][:32]!r}")
-        name, version, transport, rest = sent.groups()
-        if name.upper() != "SIP" or version != "2.0":
-            raise ParseError(f"Bad Via protocol {f'{name}/{version}/{transport}'[:32]!r}")
-        sent_by, _, params = (rest or "").strip().partition(";")
-        try:
-            host, port = split_host_port(sent_by.strip())
-        except URIError as exc:
-            raise ParseError(f"Bad Via sent-by: {exc}") from None
-    values = _split_params(params)
-    rport = values.get("rport")
-    if rport is not None and not (_is_number(rport) and 0 < int(rport) < 65536):
-        raise ParseError("Bad Via rport")
-    return Via(transport.upper(), host, port, values)
+        via = _general_via(text)
+    for param, value in via.params.items():
+        check = _VIA_PARAM_CHECKS.get(param)
+        if check is not None and not check(value):
+            raise ParseError(f"Bad Via {param}")
+    return via
+
+
+def _general_via(text: str) -> Via:
+    found = _VIA.fullmatch(text)
+    if found is None:
+        raise ParseError(_via_problem(text))
+    name, version, transport, host, port, params = found.groups()
+    if name.upper() != "SIP" or version != "2.0":
+        raise ParseError(f"Bad Via protocol {f'{name}/{version}/{transport}'[:32]!r}")
+    try:
+        via = Via(transport.upper(), read_host(host), read_port(port), params_dict(params))
+    except URIError as exc:
+        raise ParseError(f"Bad Via sent-by: {exc}") from None
+    branch = via.params.get("branch")
+    if branch is not None and not is_token(branch):  # a quoted string or an address
+        raise ParseError("Bad Via branch")
+    return via
+
+
+def _is_address(value: str | None) -> bool:
+    """received (§18.2.1): an IPv4 or IPv6 address, the latter with or without brackets."""
+    if value is None:
+        return False
+    if _IPV4.fullmatch(value):
+        return True
+    try:
+        ipaddress.IPv6Address(value[1:-1] if value[:1] == "[" else value)
+    except ValueError:
+        return False
+    return True
+
+
+#: Via parameters with a grammar of their own (§25.1, RFC 3581 rport); a branch must
+#: hold more than the magic cookie (RFC 4475 §3.2.1).
+_VIA_PARAM_CHECKS: dict[str, Callable[[str | None], bool]] = {
+    "branch": lambda v: v is not None and v != BRANCH_COOKIE,
+    "rport": lambda v: v is None or (_is_number(v) and len(v) < 6 and 0 < int(v) < 65536),
+    "received": _is_address,
+    "maddr": lambda v: v is not None and _HOST.fullmatch(v) is not None,
+    "ttl": lambda v: v is not None and _is_number(v) and len(v) < 4 and int(v) < 256,
+}
+
+_VIA_PROTOCOL = re.compile(rf"{SWS}({TOKEN}){SWS}/{SWS}({TOKEN}){SWS}/{SWS}({TOKEN})")
+
+
+def _via_problem(text: str) -> str:
+    """Why ``text``, which the grammar refused, is no via-parm."""
+    protocol = _VIA_PROTOCOL.match(text)
+    if protocol is None:
+        return f"Bad Via protocol {text.strip().partition(' ')[0][:32]!r}"
+    name, version, transport = protocol.groups()
+    if name.upper() != "SIP" or version != "2.0":
+        return f"Bad Via protocol {f'{name}/{version}/{transport}'[:32]!r}"
+    sent_by, semi, params = text[protocol.end() :].partition(";")
+    try:
+        split_host_port(re.sub(r"[ \t]*:[ \t]*", ":", sent_by.strip(" \t")))
+    except URIError as exc:
+        return f"Bad Via sent-by: {exc}"
+    for item in params.split(";") if semi else ():
+        if not item.strip(" \t"):
+            return "Empty Via parameter"
+        if not re.fullmatch(_VIA_PARAMS, f";{item}".rstrip(" \t")):
+            return f"Bad Via parameter {item.strip()[:32]!r}"
+    return f"Bad Via {text.strip()[:32]!r}"
 
 
 _LIST_HEADERS = frozenset(
@@ -387,12 +481,6 @@ class Response(Message):
 
 # -- parsing --------------------------------------------------------------------------
 
-_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
-
-
-def _is_token(text: str) -> bool:
-    return _TOKEN.fullmatch(text) is not None
-
 
 def _is_number(text: str) -> bool:
     """ASCII digits only: str.isdigit() also takes superscripts (int() fails) and other scripts' digits."""
@@ -492,7 +580,7 @@ _NAMES_LIMIT = 4096  # a stream of made-up names cannot grow it without bound
 
 
 def _header_name(name: str) -> tuple[str, str] | None:
-    if not _is_token(name):
+    if not is_token(name):
         return None
     key = name.lower()
     key = COMPACT_FORMS.get(key, key)
@@ -507,94 +595,171 @@ def parse_message(
     ``stream`` marks a message framed from TCP/TLS, where Content-Length is
     mandatory; over UDP a missing length means "the rest of the datagram", a
     body longer than the length is trimmed, and a shorter one is an error
-    (§18.3).
+    (§18.3). CRLFs before the start line are skipped, as §7.5 asks of streams.
     """
-    head, body = _split_head(data)
-    try:
-        text = head.decode("utf-8", "surrogateescape")
-    except UnicodeDecodeError:  # pragma: no cover - surrogateescape never fails
-        raise ParseError("Undecodable message") from None
-    end = text.find("\n")
-    first = (text if end < 0 else text[:end]).rstrip("\r")
-    message: Request | Response
-    if first.startswith(SIP_VERSION + " "):
-        parts = first.split(" ", 2)
-        code = parts[1]
-        if len(code) != 3 or not _is_number(code) or not 100 <= int(code) <= 699:
-            raise ParseError(f"Bad status code {code[:16]!r}")
-        message = Response(int(code), parts[2] if len(parts) > 2 else "", [])
-    else:
-        parts = first.split(" ")
-        if len(parts) != 3 or parts[2] != SIP_VERSION or not _is_token(parts[0]):
-            raise ParseError(f"Bad request line {first[:48]!r}")
-        message = Request(parts[0], parts[1], [])
+    head, body = _split_head(data.lstrip(b"\r\n") if data[:1] in (b"\r", b"\n") else data)
+    text = head.decode("utf-8", "surrogateescape")
+    message, start_problem = _start_line(text)
     request = message if isinstance(message, Request) else None
     try:
         message.headers, problem = _read_headers(text)
         if len(data) > max_size:
             raise ParseError("Message Too Large", status=513)
+        if start_problem:
+            raise start_problem
         if problem:
             raise ParseError(problem)
-        core, lengths = _core_values(message.headers)
-        message.body = _body(lengths, body, stream)
-        _read_core_fields(message, core)
+        fields, vias, lists = _fields(message.headers)
+        message.body = _body(fields.get("content-length"), body, stream)
+        _read_core_fields(message, fields)
+        if request is None:
+            _read_vias(message, vias[:1])
+        else:
+            _read_vias(message, vias)
+            _check_routing_lists(lists)
     except ParseError as exc:
-        exc.request = request
+        if request is not None:
+            _keep_answerable_via(request)
+            exc.request = request
         raise
     return message
 
 
-def _body(lengths: list[str], body: bytes, stream: bool) -> bytes:
-    if not lengths:
+def _start_line(text: str) -> tuple[Request | Response, ParseError | None]:
+    """The message the start line begins, and what is wrong with it if it can be answered.
+
+    A line that is neither a status line nor a request line ending in a SIP
+    version raises: nothing can be answered.
+    """
+    end = text.find("\n")
+    first = (text if end < 0 else text[:end]).rstrip("\r")
+    parts = first.split(" ")
+    if len(parts) == 3 and parts[2] == SIP_VERSION and is_token(parts[0]):
+        return Request(parts[0], parts[1], []), _request_uri_problem(parts[1])
+    if first[:8].upper() == "SIP/2.0 ":
+        code = parts[1]
+        if len(code) != 3 or not _is_number(code) or not 100 <= int(code) <= 699:
+            raise ParseError(f"Bad status code {code[:16]!r}")
+        return Response(int(code), " ".join(parts[2:]), []), None
+    return _unusual_request_line(first)
+
+
+#: SIP-Version (§25.1); the name is case-insensitive, as in any ABNF string.
+_VERSION = re.compile(r"(?i:sip)/[0-9]++\.[0-9]++")
+_SPACES = re.compile(r"[ \t]++")
+
+
+def _unusual_request_line(first: str) -> tuple[Request, ParseError | None]:
+    """A request line the fast path did not take: a lower-case version, or a defect.
+
+    RFC 4475 §3.1.2.8-10 and §3.1.2.16: white space where one SP belongs
+    gets 400, another SIP version 505, each with a reason that names it.
+    """
+    words = _SPACES.split(first.strip(" \t"))
+    if len(words) < 3 or not is_token(words[0]) or not _VERSION.fullmatch(words[-1]):
+        raise ParseError(f"Bad request line {first[:48]!r}")
+    request = Request(words[0], " ".join(words[1:-1]), [])
+    version = words[-1]
+    if version.upper() != SIP_VERSION:
+        return request, ParseError(f"Version {version[:16]} Not Supported", status=505)
+    if first[:1] in (" ", "\t"):
+        problem = "Leading white space in request line"
+    elif first[-1:] in (" ", "\t"):
+        problem = "Trailing white space in request line"
+    elif len(words) > 3:
+        problem = "White space in Request-URI"
+    elif first != " ".join(words):
+        problem = "Request line elements not separated by one SP"
+    else:
+        return request, _request_uri_problem(words[1])
+    return request, ParseError(problem)
+
+
+def _request_uri_problem(uri: str) -> ParseError | None:
+    try:
+        check_request_uri(uri)
+    except URIError as exc:
+        return ParseError(f"Bad Request-URI: {exc}")
+    return None
+
+
+def _body(length: str | None, body: bytes, stream: bool) -> bytes:
+    if length is None:
         if stream:
             raise ParseError("Missing Content-Length")
         return body
-    if len(set(lengths)) > 1:
-        raise ParseError("Conflicting Content-Length")
-    length = lengths[0]
     if not _is_number(length):
         raise ParseError("Bad Content-Length")
-    size = int(length)
+    digits = length.lstrip("0") or "0"
+    # int() refuses numbers of thousands of digits; no body is ten digits long.
+    size = int(digits) if len(digits) < 10 else len(body) + 1
     if size > len(body):
         raise ParseError("Content-Length exceeds body")
     return body[:size]
 
 
-_CORE_KEYS = frozenset(("call-id", "cseq", "from", "to", "content-length"))
+#: Headers that must not appear twice (§7.3.1: only comma lists may): those sipha
+#: reads (§8.1.1, RFC 4475 §3.3.8), and those that say how to read the body (§3.3.9).
+_SINGLE = frozenset(
+    ("call-id", "cseq", "from", "to", "max-forwards", "content-length", "content-type")
+)
+#: Lists whose every value a request must get right: where it and the requests of its
+#: dialog are routed. Of a response, which is only relayed, the top Via is enough:
+#: what reads its Contact and Record-Route copes with a bad one.
+_ROUTING_LISTS = frozenset(("contact", "route", "record-route"))
 
 
-def _core_values(headers: list[tuple[str, str, str]]) -> tuple[dict[str, str], list[str]]:
-    """The first Call-ID, CSeq, From and To, and every Content-Length, in one pass."""
-    core: dict[str, str] = {}
-    lengths: list[str] = []
+def _fields(
+    headers: list[tuple[str, str, str]],
+) -> tuple[dict[str, str], list[str], list[tuple[str, str]]]:
+    """In one pass: the single-value headers by key, the Via lines, and the values of
+    the routing lists."""
+    fields: dict[str, str] = {}
+    vias: list[str] = []
+    lists: list[tuple[str, str]] = []
     for key, _, value in headers:
-        if key in _CORE_KEYS:
-            if key == "content-length":
-                lengths.append(value)
-            elif key not in core:
-                core[key] = value
-    return core, lengths
+        if key in _SINGLE:
+            if key in fields:
+                raise ParseError(f"More than one {CANONICAL_NAMES[key]} header")
+            fields[key] = value
+        elif key == "via":
+            vias.append(value)
+        elif key in _ROUTING_LISTS:
+            lists.append((key, value))
+    return fields, vias, lists
 
 
-def _read_core_fields(message: Message, core: dict[str, str]) -> None:
+_CSEQ = re.compile(rf"([0-9]++)[ \t]++({TOKEN})")
+
+
+def _read_core_fields(message: Message, fields: dict[str, str]) -> None:
     """Read and check the fields every transaction and route decision uses (§8.1.1)."""
-    call_id = core.get("call-id")
+    call_id = fields.get("call-id")
     if not call_id:
         raise ParseError("Missing Call-ID")
+    # §25.1's callid is one word: some UAs write characters it lacks ('=', '#'), and
+    # the key works as well with them, but white space would hide one from the next hop.
+    if " " in call_id or "\t" in call_id:
+        raise ParseError("Bad Call-ID")
     message.call_id = call_id
-    cseq = core.get("cseq")
+    cseq = fields.get("cseq")
     if cseq is None:
         raise ParseError("Missing CSeq")
-    number, _, method = cseq.partition(" ")
-    method = method.strip()
-    if not _is_number(number) or len(number) > 10 or not _is_token(method):
+    found = _CSEQ.fullmatch(cseq)
+    # §8.1.1.5: a 32-bit unsigned number (RFC 4475 §3.1.2.4).
+    if found is None or len(found[1]) > 10 or int(found[1]) >= 1 << 32:
         raise ParseError("Bad CSeq")
-    message.cseq, message.cseq_method = int(number), method
-    if isinstance(message, Request) and method != message.method:
+    message.cseq, message.cseq_method = int(found[1]), found[2]
+    if isinstance(message, Request) and found[2] != message.method:
         raise ParseError("CSeq method does not match request method")
-    message.from_tag = _tag(core.get("from"), "From")
-    message.to_tag = _tag(core.get("to"), "To")
-    message.top_via  # noqa: B018 - parse now so a bad Via is a parse error
+    message.from_tag = _tag(fields.get("from"), "From")
+    message.to_tag = _tag(fields.get("to"), "To")
+    max_forwards = fields.get("max-forwards")
+    # Any number (the route lowers one above 255), but not one of thousands of digits.
+    if max_forwards is not None and not (
+        _is_number(max_forwards) and len(max_forwards.lstrip("0")) < 10
+    ):
+        raise ParseError("Bad Max-Forwards")
 
 
 def _tag(value: str | None, name: str) -> str | None:
@@ -604,6 +769,70 @@ def _tag(value: str | None, name: str) -> str | None:
         return name_addr_tag(value)
     except URIError as exc:
         raise ParseError(f"Bad {name}: {exc}") from None
+
+
+def _read_vias(message: Message, vias: list[str]) -> None:
+    """Check Via lines (of a response, only the first) and keep the top Via parsed."""
+    if not vias:
+        raise ParseError("Missing Via")
+    for value in vias:
+        single = "," not in value
+        if not single and not _VIA_LIST.fullmatch(value):
+            raise ParseError(_via_list_problem(value))
+        if message._via is None:
+            message._via = parse_via(value if single else comma_items(value)[0])
+        elif single and not (_PLAIN_VIA.fullmatch(value) or _VIA_ITEM.fullmatch(value)):
+            raise ParseError(_via_problem(value))
+
+
+def _check_routing_lists(lists: list[tuple[str, str]]) -> None:
+    for key, value in lists:
+        if key == "contact" and value.strip(" \t") == "*":
+            continue
+        try:
+            check_name_addrs(value, bracketed=key != "contact")
+        except URIError as exc:
+            raise ParseError(f"Bad {CANONICAL_NAMES[key]}: {exc}") from None
+
+
+def _via_list_problem(value: str) -> str:
+    """Why a Via line, which the grammar refused, is no list of via-parms."""
+    for item in comma_items(value):
+        if not item.strip(" \t"):
+            return "Empty Via value"
+        if not _VIA_ITEM.fullmatch(item):
+            return _via_problem(item)
+    return f"Bad Via {value.strip()[:32]!r}"
+
+
+_RPORT = re.compile(r";[ \t]*rport[ \t]*(?:;|$)", re.IGNORECASE)
+#: The sent-by of a Via that may be broken further on.
+_SENT_BY = re.compile(
+    rf"{SWS}(?i:sip){SWS}/{SWS}2\.0{SWS}/{SWS}({TOKEN})[ \t]++({HOST})(?:{SWS}:{SWS}([0-9]++))?"
+)
+
+
+def _keep_answerable_via(request: Request) -> None:
+    """Keep the top Via of a request that failed to parse, if the answer can use it.
+
+    A Via broken beyond its sent-by (RFC 4475 §3.1.2.1) still says where the
+    answer goes; without a sent-by there is nowhere to send one, and
+    :attr:`Message.top_via` raises.
+    """
+    first = request.get("via")
+    if request._via is not None or first is None:
+        return
+    text = comma_items(first)[0]
+    with suppress(ParseError):
+        request._via = parse_via(text)
+        return
+    sent_by = _SENT_BY.match(text)
+    if sent_by is not None:
+        # Of the parameters, only rport changes where the answer goes (RFC 3581).
+        params: dict[str, str | None] = {"rport": None} if _RPORT.search(text) else {}
+        with suppress(URIError):
+            host, port = read_host(sent_by[2]), read_port(sent_by[3])
+            request._via = Via(sent_by[1].upper(), host, port, params)
 
 
 # -- replies ----------------------------------------------------------------------------
@@ -617,11 +846,13 @@ REASONS = {
     405: "Method Not Allowed",
     408: "Request Timeout",
     416: "Unsupported URI Scheme",
+    420: "Bad Extension",
     482: "Loop Detected",
     483: "Too Many Hops",
     487: "Request Terminated",
     500: "Server Internal Error",
     503: "Service Unavailable",
+    505: "Version Not Supported",
     513: "Message Too Large",
 }
 
@@ -699,14 +930,20 @@ class StreamFramer:
 
     Feed it any chunking of the stream; it yields each whole message once.
     Leading CRLFs (RFC 5626 keep-alives) are skipped. A head over
-    ``max_size`` without an empty line, or a declared body that would exceed
-    it, raises :class:`ParseError`: the stream cannot be resynchronised and
-    the connection must be closed.
+    ``max_size`` without an empty line, a declared body that would exceed
+    it, or a Content-Length that cannot frame the body raises
+    :class:`ParseError`: the stream cannot be resynchronised and the
+    connection must be closed. The body is never waited for, and the error
+    carries the request of a whole head, so that it can be answered first.
     """
 
     def __init__(self, max_size: int = 65535):
         self.max_size = max_size
-        self._buffer = b""
+        self._buffer = bytearray()
+        # Each byte is looked at once, however the stream is chunked: where the search
+        # for the end of a head resumes, and the size of the message once it is known.
+        self._searched = 0
+        self._size: int | None = None
 
     @property
     def pending(self) -> bool:
@@ -714,33 +951,65 @@ class StreamFramer:
         return bool(self._buffer)
 
     def feed(self, data: bytes) -> Iterator[bytes]:
-        self._buffer += data
+        buffer = self._buffer
+        buffer += data
         while True:
-            buffer = self._buffer.lstrip(b"\r\n")
-            self._buffer = buffer
-            empty = _EMPTY_LINE.search(buffer)  # bare LF line ends too, as in datagrams
-            if empty is None:
-                if len(buffer) > self.max_size:
-                    raise ParseError("Message Too Large", status=513)
+            if self._size is None:
+                if buffer[:1] in (b"\r", b"\n"):
+                    del buffer[: len(buffer) - len(buffer.lstrip(b"\r\n"))]
+                    self._searched = 0
+                # bare LF line ends too, as in datagrams
+                empty = _EMPTY_LINE.search(buffer, max(0, self._searched - 2))
+                if empty is None:
+                    self._searched = len(buffer)
+                    if len(buffer) > self.max_size:
+                        raise ParseError("Message Too Large", status=513)
+                    return
+                end, body = empty.span()
+                head = bytes(buffer[:end])
+                try:
+                    self._size = body + _stream_content_length(head)
+                    if self._size > self.max_size:
+                        raise ParseError("Message Too Large", status=513)
+                except ParseError as error:
+                    error.request = _head_request(head)
+                    raise
+            if len(buffer) < self._size:
                 return
-            end, body = empty.span()
-            size = _stream_content_length(buffer[:end])
-            total = body + size
-            if total > self.max_size:
-                raise ParseError("Message Too Large", status=513)
-            if len(buffer) < total:
-                return
-            self._buffer = buffer[total:]
-            yield buffer[:total]
+            message = bytes(buffer[: self._size])
+            del buffer[: self._size]
+            self._size, self._searched = None, 0
+            yield message
 
 
 def _stream_content_length(head: bytes) -> int:
     """The declared body size in a message head; 0 when absent (the parser then rejects it)."""
+    sizes = []
     for line in head.split(b"\n")[1:]:
         name, colon, value = line.partition(b":")
         if colon and name.strip().lower() in (b"content-length", b"l"):
-            value = value.strip()
-            if not value.isdigit():
-                raise ParseError("Bad Content-Length")
-            return int(value)
-    return 0
+            sizes.append(value.strip())
+    if not sizes:
+        return 0
+    if len(sizes) > 1:
+        raise ParseError("More than one Content-Length header")  # RFC 4475 §3.3.9
+    if not sizes[0].isdigit():
+        raise ParseError("Bad Content-Length")
+    digits = sizes[0].lstrip(b"0")
+    if len(digits) > 18:  # too large anyway, and int() refuses thousands of digits
+        raise ParseError("Message Too Large", status=513)
+    return int(digits or b"0")
+
+
+def _head_request(head: bytes) -> Request | None:
+    """The request a framing error happened in, read as far as it can be (for its answer)."""
+    text = head.decode("utf-8", "surrogateescape")
+    try:
+        request, _ = _start_line(text)
+        if not isinstance(request, Request):
+            return None
+        request.headers, _ = _read_headers(text)
+    except ParseError:
+        return None  # not a request line, or no header to read a Via from
+    _keep_answerable_via(request)
+    return request

@@ -317,7 +317,7 @@ class ProxyCore:
         try:
             message = parse_message(data, stream=source.reliable, max_size=self.max_message_size)
         except ParseError as error:
-            self._reject(error, source, local)
+            self.reject(error, source, local)
             return
         if isinstance(message, Response):
             self.responses_received[message.status] += 1
@@ -345,17 +345,31 @@ class ProxyCore:
             retry = (("Retry-After", str(SHED_RETRY_AFTER)),)
             self._reply_statelessly(message, source, local, 503, "Rate Limited", retry)
 
-    def _reject(self, error: ParseError, source: Peer, local: Any) -> None:
-        """A malformed message: 400/513 for a request we can answer, otherwise drop it."""
+    def reject(self, error: ParseError, source: Peer, local: Any) -> None:
+        """A malformed message: its status and reason to a request that can be answered.
+
+        Responses and ACKs are dropped, as nothing answers them, and so is a
+        request without a readable top Via: there is nowhere to send an answer.
+        The transport edge calls this too, before it closes a stream it
+        cannot frame.
+        """
         self.stats["parse_errors"] += 1
         request = error.request
-        if request is None or request.method == "ACK":
+        try:
+            via = None if request is None or request.method == "ACK" else request.top_via
+        except ParseError:
+            via = None
+        if request is None or via is None:
             log.debug(
                 "dropped unparseable message from {source}: {reason}",
                 source=source,
                 reason=error.reason,
             )
             return
+        # §18.2.1 and RFC 3581, as for any request: the answer goes where it came from.
+        via.params["received"] = source.host
+        if "rport" in via.params:
+            via.params["rport"] = str(source.port)
         log.throttled(
             LogLevel.info,
             "rejected request from {source}: {status} {reason}",
@@ -379,12 +393,7 @@ class ProxyCore:
         response = make_response(
             request, status, reason, to_tag=_digest(source, request.call_id)[:10], extra=headers
         )
-        try:
-            peer = Peer("udp", *request.top_via.response_target("udp"))
-        except ParseError:
-            peer = source  # the Via is unusable: answer where it came from
-        if source.reliable:
-            peer = source
+        peer = source if source.reliable else Peer("udp", *request.top_via.response_target("udp"))
         self.layer.responses_sent[status] += 1
         self.send(response.serialize(), peer, local)
 

@@ -154,6 +154,8 @@ class SIPStreamProtocol(protocol.Protocol, policies.TimeoutMixin):
             for message in self.framer.feed(data):
                 self.transports.core.receive(message, self.peer, self.listener)
         except ParseError as error:
+            # The stream cannot be framed any further: answer what can be, then close.
+            self.transports.core.reject(error, self.peer, self.listener)
             log.throttled(
                 LogLevel.info,
                 "closing stream from {peer}: {reason}",

@@ -385,7 +385,7 @@ def test_response_relayed_by_the_other_node_reaches_the_caller(sipha_proxy: Prox
 def test_broken_via_gets_400(
     transport: str, sipha_proxy: ProxyFactory, media_server: ServerFactory, sipp_caller: Caller
 ) -> None:
-    """A request without a usable Via is answered 400 where it came from, with a reason."""
+    """A request whose Via is broken after its sent-by is answered 400, with a reason."""
     server = media_server(sipp.free_port())
     proxy = start_proxy(sipha_proxy, [server])
 
@@ -397,7 +397,7 @@ def test_broken_via_gets_400(
     )
 
     status_line = responses(result.messages, "OPTIONS")[0].partition("\r\n")[0]
-    assert re.fullmatch(r"SIP/2\.0 400 \S.*", status_line), status_line
+    assert status_line == "SIP/2.0 400 Empty Via parameter"
     assert_next_call_succeeds(proxy, server, sipp_caller)
     assert server.stop().stats.get("IncomingCall(C)") == "1"
 

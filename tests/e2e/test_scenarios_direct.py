@@ -282,7 +282,7 @@ def test_broken_via_gets_400(transport: str, sipp_caller: Caller) -> None:
     with StubResponder("400 Bad Request", transport) as stub:
         sipp_caller("broken_via.xml", stub.address, transport=transport)
 
-    assert "\r\nVia: garbage\r\n" in stub.requests[0]
+    assert ";;branch=" in stub.requests[0]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

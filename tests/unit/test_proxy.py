@@ -422,13 +422,34 @@ def test_received_and_rport_are_added_to_the_callers_via():
     )
 
 
-def test_broken_via_gets_400_at_the_source_address():
+@pytest.mark.parametrize("via", ["Via: garbage", "Via: SIP/2.0/UDP ;branch=z9hG4bK-x", None])
+def test_request_without_a_usable_via_is_dropped(via):
+    """No sent-by: there is nowhere to send a 400 (RFC 3261 §18.2.2)."""
     core, _, wire = make_proxy()
-    source = Peer("udp", "198.51.100.7", 40123)
-    core.receive(invite(via="Via: garbage"), source, UDP_IN)
+    data = invite(via=via)
+    if via is None:
+        data = data.replace(b"Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK-caller-1\r\n", b"")
+    core.receive(data, Peer("udp", "198.51.100.7", 40123), UDP_IN)
+    core.receive(data, Peer("tcp", "198.51.100.7", 40124), TCP_IN)
+    assert wire.take() == []
+    assert core.stats["parse_errors"] == 2
+
+
+@pytest.mark.parametrize(
+    ("rport", "peer"),
+    [
+        ("", Peer("udp", "198.51.100.7", 5062)),
+        (";rport", Peer("udp", "198.51.100.7", 40123)),
+    ],
+)
+def test_broken_via_parameters_get_400_where_the_request_came_from(rport, peer):
+    """RFC 4475 §3.1.2.1: the sent-by still says where the answer goes (§18.2.2, RFC 3581)."""
+    core, _, wire = make_proxy()
+    via = f"Via: SIP/2.0/UDP 10.0.0.2:5062{rport};;branch=z9hG4bK-x"
+    core.receive(invite(via=via), Peer("udp", "198.51.100.7", 40123), UDP_IN)
     (sent,) = wire.take()
-    assert sent.peer == source
-    assert sent.data.startswith(b"SIP/2.0 400 Bad Via protocol 'garbage'\r\n")
+    assert sent.peer == peer
+    assert sent.data.startswith(b"SIP/2.0 400 Empty Via parameter\r\n")
     assert core.stats["parse_errors"] == 1
     assert core.layer.responses_sent == {400: 1}
 
@@ -520,7 +541,10 @@ def test_response_without_transaction_and_not_through_sipha_is_dropped(top_via):
     "vias",
     [
         pytest.param([PEER_NODE_VIA], id="to-sipha-itself"),
-        pytest.param([PEER_NODE_VIA, "SIP/2.0/UDP ;branch=z9hG4bK-c1"], id="unusable-next-via"),
+        pytest.param(
+            [PEER_NODE_VIA, "SIP/2.0/UDP 192.0.2.10;rport=x;branch=z9hG4bK-c1"],
+            id="unusable-next-via",
+        ),
         pytest.param([PEER_NODE_VIA, "SIP/2.0/UDP [2001:db8::1]:5062"], id="no-ipv6-listener"),
         pytest.param([PEER_NODE_VIA, "SIP/2.0/SCTP 192.0.2.10:5062"], id="no-sctp-listener"),
     ],
