@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import re
 import zlib
 from collections import Counter
@@ -452,6 +453,8 @@ class ProxyCore:
         """Where a response goes by its Via (§18.2.2, RFC 3581), and the listener it leaves from."""
         transport = via.transport.lower()
         host, port = via.response_target(transport)
+        if _not_a_host(host):
+            return None  # a forged Via naming a broadcast or multicast address (RFC 4475 3.3.10)
         local = self.listener_for(transport, host)
         return None if local is None else (Peer(transport, host, port), local)
 
@@ -1033,6 +1036,15 @@ class _OwnRequest:
 
     def on_timeout(self, transaction: ClientTransaction) -> None:
         self._next(transaction)
+
+
+def _not_a_host(host: str) -> bool:
+    """An address no response may go to: broadcast, multicast, unspecified."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name
+    return ip.is_multicast or ip.is_unspecified or ip == ipaddress.IPv4Address("255.255.255.255")
 
 
 #: Entries a lookup memo holds before it starts afresh: bounded under made-up URIs.

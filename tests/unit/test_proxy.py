@@ -547,6 +547,9 @@ def test_response_without_transaction_and_not_through_sipha_is_dropped(top_via):
         ),
         pytest.param([PEER_NODE_VIA, "SIP/2.0/UDP [2001:db8::1]:5062"], id="no-ipv6-listener"),
         pytest.param([PEER_NODE_VIA, "SIP/2.0/SCTP 192.0.2.10:5062"], id="no-sctp-listener"),
+        pytest.param([PEER_NODE_VIA, "SIP/2.0/UDP 255.255.255.255:5062"], id="broadcast"),
+        pytest.param([PEER_NODE_VIA, "SIP/2.0/UDP 224.0.1.75:5060"], id="multicast"),
+        pytest.param([PEER_NODE_VIA, "SIP/2.0/UDP 0.0.0.0:5060"], id="unspecified"),
     ],
 )
 def test_response_without_transaction_that_cannot_go_on_is_dropped(vias):
