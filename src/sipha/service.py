@@ -266,18 +266,7 @@ class SIPService(service.MultiService):
         control.core = core
         control.probers = self._start_probers(dispatcher, balancer)
         if core.pike is not None:
-            pike = core.pike
-            control.on_reload = lambda: self._trust_destinations(pike, dispatcher, balancer)
-            if config.pike.nftables:
-                self.blocklist = KernelBlocklist(
-                    reactor,
-                    [listener.port for listener in core.listeners],
-                    config.pike.remove_latency,
-                    f"sipha_{config.proxy.listen[0].port}",
-                )
-                pike.on_limited = self.blocklist.add
-                control.blocklist = self.blocklist
-                defer.ensureDeferred(self.blocklist.start())
+            self._wire_pike(core.pike, control, dispatcher, balancer)
         timers = config.timers
         self.ha = control.ha = HighAvailability(
             reactor,
@@ -318,6 +307,22 @@ class SIPService(service.MultiService):
         else:
             self.ha.set_role(Role.ACTIVE, "no virtual IP configured")
         log.info("sipha {version} started with {config}", version=__version__, config=config.path)
+
+    def _wire_pike(
+        self, pike: Pike, control: Control, dispatcher: Dispatcher, balancer: LoadBalancer
+    ) -> None:
+        """Pike trusts the destinations after each reload; the kernel drops if asked to."""
+        control.on_reload = lambda: self._trust_destinations(pike, dispatcher, balancer)
+        if self.config.pike.nftables:
+            assert self.core is not None
+            self.blocklist = control.blocklist = KernelBlocklist(
+                self.reactor,
+                [listener.port for listener in self.core.listeners],
+                self.config.pike.remove_latency,
+                f"sipha_{self.config.proxy.listen[0].port}",
+            )
+            pike.on_limited = self.blocklist.add
+            defer.ensureDeferred(self.blocklist.start())
 
     def _trust_destinations(
         self, pike: Pike, dispatcher: Dispatcher, balancer: LoadBalancer
