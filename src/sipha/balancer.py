@@ -284,8 +284,11 @@ class LoadBalancer:
         for destination in self._find(id_or_uri):
             destination.health.set(ACTIVE if enabled else INACTIVE)
 
-    def resize(self, destination_id: int, resource: str, maximum: int) -> None:
-        """The operator's ``lb_resize``: a new capacity now, in memory only (a reload resets it)."""
+    def resize(self, destination_id: int, resource: str, maximum: object) -> None:
+        """The operator's ``lb_resize``: a new capacity now, in memory only (a reload resets it).
+
+        ``maximum`` comes from the control socket's JSON as it is: checked here.
+        """
         if isinstance(maximum, bool) or not isinstance(maximum, int) or maximum < 0:
             raise ValueError(f"capacity must be an integer >= 0, got {maximum!r}")
         (destination,) = self._find(destination_id)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 from urllib.parse import unquote
 
 from sipha.dialog import DialogState
@@ -31,10 +31,10 @@ if TYPE_CHECKING:
 #: Methods sipha's reference route accepts, sent in ``Allow`` with a 405. Not
 #: OPTIONS: the core answers an OPTIONS to sipha itself before any route, and an
 #: OPTIONS the route sees (for a user, or for another host) gets this 405.
-ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, REGISTER"
+ALLOWED_METHODS: Final = "INVITE, ACK, CANCEL, BYE, REGISTER"
 
 #: OpenSIPS maxfwd's ``max_limit``: larger values are lowered to this.
-MAX_FORWARDS_LIMIT = 256
+MAX_FORWARDS_LIMIT: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,9 +319,9 @@ def reference_route(request: Request, sip: RouteHelpers) -> Decision:
         sip.add_client_address(request)
         return Relay(targets)
     if request.method == "REGISTER":
-        targets = sip.ds_select(request, settings.ds_set, settings.ds_algorithm)
-        if targets is None:
+        registrars = sip.ds_select(request, settings.ds_set, settings.ds_algorithm)
+        if registrars is None:
             return Reply(503)
         sip.add_client_address(request)
-        return Relay(targets, record_route=False, path=sip.path(request))
+        return Relay(registrars, record_route=False, path=sip.path(request))
     return Reply(405, headers=(("Allow", ALLOWED_METHODS),))

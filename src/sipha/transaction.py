@@ -492,7 +492,11 @@ class TransactionLayer:
 
     def clear(self, keep: Callable[[ServerTransaction | ClientTransaction], bool]) -> None:
         """End every transaction but those ``keep`` says, silently (the node became passive)."""
-        for transaction in [*self.servers.values(), *self.clients.values()]:
+        transactions: list[ServerTransaction | ClientTransaction] = [
+            *self.servers.values(),
+            *self.clients.values(),
+        ]
+        for transaction in transactions:
             if not keep(transaction):
                 transaction.terminate()
 

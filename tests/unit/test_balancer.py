@@ -366,7 +366,7 @@ def test_resize_errors() -> None:
         lb.resize(1, "transc", 1)
     for bad in (-1, True, "3"):
         with pytest.raises(ValueError, match="capacity"):
-            lb.resize(1, "pstn", bad)  # type: ignore[arg-type]
+            lb.resize(1, "pstn", bad)
 
 
 # -- reload ----------------------------------------------------------------------------------
