@@ -26,12 +26,12 @@ import random
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from sipha.message import Request, Response
 from sipha.uri import URIError, parse_name_addr, parse_uri
 
-HASH_SIZE = 4096
+HASH_SIZE: Final = 4096
 #: Calls remembered as over (see Dialogs.restore).
 ENDED_KEPT = 10000
 

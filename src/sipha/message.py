@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import Final
 
 from sipha.uri import (
     GEN_VALUE,
@@ -46,11 +47,11 @@ from sipha.uri import (
     split_host_port,
 )
 
-SIP_VERSION = "SIP/2.0"
-BRANCH_COOKIE = "z9hG4bK"
+SIP_VERSION: Final = "SIP/2.0"
+BRANCH_COOKIE: Final = "z9hG4bK"
 
 #: Compact header forms (RFC 3261 §7.3.3, RFC 3265, RFC 3515, RFC 4028 ...).
-COMPACT_FORMS = {
+COMPACT_FORMS: Final = {
     "a": "accept-contact",
     "b": "referred-by",
     "c": "content-type",
@@ -74,7 +75,7 @@ COMPACT_FORMS = {
 }
 
 #: How sipha writes header names it knows; others keep the sender's spelling.
-CANONICAL_NAMES = {
+CANONICAL_NAMES: Final = {
     name.lower(): name
     for name in (
         "Accept",
@@ -160,6 +161,19 @@ class Via:
     port: int | None = None
     params: dict[str, str | None] = field(default_factory=dict)
 
+    # Written out: compiled, it is native code; the one @dataclass writes stays Python.
+    def __init__(
+        self,
+        transport: str,
+        host: str,
+        port: int | None = None,
+        params: dict[str, str | None] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params = {} if params is None else params
+
     @property
     def branch(self) -> str | None:
         return self.params.get("branch")
@@ -202,17 +216,17 @@ def _via_parm(group: Callable[[str], str]) -> str:
     )
 
 
-_VIA = re.compile(_via_parm(lambda part: f"({part})"))
+_VIA: Final = re.compile(_via_parm(lambda part: f"({part})"))
 _VIA_TEXT = _via_parm(lambda part: f"(?:{part})")
-_VIA_ITEM = re.compile(_VIA_TEXT)
-_VIA_LIST = re.compile(rf"{_VIA_TEXT}(?:,{_VIA_TEXT})*+")
-_IPV4 = re.compile(IPV4)
-_HOST = re.compile(HOST)
+_VIA_ITEM: Final = re.compile(_VIA_TEXT)
+_VIA_LIST: Final = re.compile(rf"{_VIA_TEXT}(?:,{_VIA_TEXT})*+")
+_IPV4: Final = re.compile(IPV4)
+_HOST: Final = re.compile(HOST)
 
 
 #: A Via as nearly every hop writes it: no white space but the one SP, an upper-case
 #: transport, token parameter values.
-_PLAIN_VIA = re.compile(
+_PLAIN_VIA: Final = re.compile(
     rf"SIP/2\.0/([A-Z]++) ({PLAIN_HOST})(?::({PLAIN_PORT}))?((?:;{TOKEN}(?:={TOKEN})?)*+)"
 )
 
@@ -267,7 +281,7 @@ def _is_address(value: str | None) -> bool:
 
 #: Via parameters with a grammar of their own (§25.1, RFC 3581 rport); a branch must
 #: hold more than the magic cookie (RFC 4475 §3.2.1).
-_VIA_PARAM_CHECKS: dict[str, Callable[[str | None], bool]] = {
+_VIA_PARAM_CHECKS: Final[dict[str, Callable[[str | None], bool]]] = {
     "branch": lambda v: v is not None and v != BRANCH_COOKIE,
     "rport": lambda v: v is None or (_is_number(v) and len(v) < 6 and 0 < int(v) < 65536),
     "received": _is_address,
@@ -275,7 +289,7 @@ _VIA_PARAM_CHECKS: dict[str, Callable[[str | None], bool]] = {
     "ttl": lambda v: v is not None and _is_number(v) and len(v) < 4 and int(v) < 256,
 }
 
-_VIA_PROTOCOL = re.compile(rf"{SWS}({TOKEN}){SWS}/{SWS}({TOKEN}){SWS}/{SWS}({TOKEN})")
+_VIA_PROTOCOL: Final = re.compile(rf"{SWS}({TOKEN}){SWS}/{SWS}({TOKEN}){SWS}/{SWS}({TOKEN})")
 
 
 def _via_problem(text: str) -> str:
@@ -299,7 +313,7 @@ def _via_problem(text: str) -> str:
     return f"Bad Via {text.strip()[:32]!r}"
 
 
-_LIST_HEADERS = frozenset(
+_LIST_HEADERS: Final = frozenset(
     (
         "via",
         "route",
@@ -488,7 +502,7 @@ def _is_number(text: str) -> bool:
 
 
 #: The end of a line and an empty line after it, either ending in CRLF or bare LF.
-_EMPTY_LINE = re.compile(rb"\n\r?\n")
+_EMPTY_LINE: Final = re.compile(rb"\n\r?\n")
 
 
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
@@ -576,7 +590,7 @@ def _parse_headers(lines: Iterable[str]) -> tuple[list[tuple[str, str, str]], st
 #: Header names as written on the wire -> (key, canonical name). Nearly every
 #: message repeats the same few names, so each is checked and looked up once.
 _NAMES: dict[str, tuple[str, str]] = {}
-_NAMES_LIMIT = 4096  # a stream of made-up names cannot grow it without bound
+_NAMES_LIMIT: Final = 4096  # a stream of made-up names cannot grow it without bound
 
 
 def _header_name(name: str) -> tuple[str, str] | None:
@@ -645,8 +659,8 @@ def _start_line(text: str) -> tuple[Request | Response, ParseError | None]:
 
 
 #: SIP-Version (§25.1); the name is case-insensitive, as in any ABNF string.
-_VERSION = re.compile(r"(?i:sip)/[0-9]++\.[0-9]++")
-_SPACES = re.compile(r"[ \t]++")
+_VERSION: Final = re.compile(r"(?i:sip)/[0-9]++\.[0-9]++")
+_SPACES: Final = re.compile(r"[ \t]++")
 
 
 def _unusual_request_line(first: str) -> tuple[Request, ParseError | None]:
@@ -700,13 +714,13 @@ def _body(length: str | None, body: bytes, stream: bool) -> bytes:
 
 #: Headers that must not appear twice (§7.3.1: only comma lists may): those sipha
 #: reads (§8.1.1, RFC 4475 §3.3.8), and those that say how to read the body (§3.3.9).
-_SINGLE = frozenset(
+_SINGLE: Final = frozenset(
     ("call-id", "cseq", "from", "to", "max-forwards", "content-length", "content-type")
 )
 #: Lists whose every value a request must get right: where it and the requests of its
 #: dialog are routed. Of a response, which is only relayed, the top Via is enough:
 #: what reads its Contact and Record-Route copes with a bad one.
-_ROUTING_LISTS = frozenset(("contact", "route", "record-route"))
+_ROUTING_LISTS: Final = frozenset(("contact", "route", "record-route"))
 
 
 def _fields(
@@ -729,7 +743,7 @@ def _fields(
     return fields, vias, lists
 
 
-_CSEQ = re.compile(rf"([0-9]++)[ \t]++({TOKEN})")
+_CSEQ: Final = re.compile(rf"([0-9]++)[ \t]++({TOKEN})")
 
 
 def _read_core_fields(message: Message, fields: dict[str, str]) -> None:
@@ -805,9 +819,9 @@ def _via_list_problem(value: str) -> str:
     return f"Bad Via {value.strip()[:32]!r}"
 
 
-_RPORT = re.compile(r";[ \t]*rport[ \t]*(?:;|$)", re.IGNORECASE)
+_RPORT: Final = re.compile(r";[ \t]*rport[ \t]*(?:;|$)", re.IGNORECASE)
 #: The sent-by of a Via that may be broken further on.
-_SENT_BY = re.compile(
+_SENT_BY: Final = re.compile(
     rf"{SWS}(?i:sip){SWS}/{SWS}2\.0{SWS}/{SWS}({TOKEN})[ \t]++({HOST})(?:{SWS}:{SWS}([0-9]++))?"
 )
 
@@ -838,7 +852,7 @@ def _keep_answerable_via(request: Request) -> None:
 # -- replies ----------------------------------------------------------------------------
 
 #: Reason phrases sipha uses for the replies it generates itself.
-REASONS = {
+REASONS: Final = {
     100: "Trying",
     200: "OK",
     400: "Bad Request",
@@ -856,7 +870,7 @@ REASONS = {
     513: "Message Too Large",
 }
 
-_REPLY_COPIED = ("via", "from", "to", "call-id", "cseq")
+_REPLY_COPIED: Final = ("via", "from", "to", "call-id", "cseq")
 
 
 def make_response(

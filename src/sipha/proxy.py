@@ -32,7 +32,7 @@ import re
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from twisted.logger import LogLevel
 
@@ -75,9 +75,9 @@ from sipha.wheel import TimerWheel
 
 log = Log(namespace="sipha.proxy")
 
-_NO_ANSWER = 'SIP;cause=480;text="NO_ANSWER"'
+_NO_ANSWER: Final = 'SIP;cause=480;text="NO_ANSWER"'
 #: Seconds a caller refused for overload is asked to wait (Retry-After).
-SHED_RETRY_AFTER = 5
+SHED_RETRY_AFTER: Final = 5
 #: The answer to an OPTIONS for sipha itself (RFC 3261 §11.2): the methods the
 #: reference route takes and OPTIONS, which only sipha itself takes; SDP bodies;
 #: and no extensions (an empty Supported is valid, §20.37).
@@ -1048,7 +1048,7 @@ def _not_a_host(host: str) -> bool:
 
 
 #: Entries a lookup memo holds before it starts afresh: bounded under made-up URIs.
-MEMO_LIMIT = 4096
+MEMO_LIMIT: Final = 4096
 
 _NO_TARGET: Any = object()
 
@@ -1077,7 +1077,7 @@ def _route_did(request: Request) -> str | None:
     return found[1] if found else None
 
 
-_DID_PARAM = re.compile(r";\s*did\s*=\s*([^;>?\s]+)", re.IGNORECASE)
+_DID_PARAM: Final = re.compile(r";\s*did\s*=\s*([^;>?\s]+)", re.IGNORECASE)
 
 
 def dialog_byes(dialog: Dialog) -> list[Request]:

@@ -17,8 +17,9 @@ import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from typing import Final
 
-DEFAULT_PORTS = {"sip": 5060, "sips": 5061}
+DEFAULT_PORTS: Final = {"sip": 5060, "sips": 5061}
 
 
 class URIError(ValueError):
@@ -75,19 +76,19 @@ _URI_HEADERS = rf"{_HNAME}={_HVALUE}(?:&{_HNAME}={_HVALUE})*+"
 
 
 #: SIP-URI / SIPS-URI. Groups: scheme, userinfo, host, port, parameters, headers.
-_SIP_URI = re.compile(
+_SIP_URI: Final = re.compile(
     rf"((?i:sips?)):(?:({_USER}(?::{_PASSWORD})?)@)?({HOST})(?::([0-9]++))?"
     rf"({_URI_PARAMS})(?:\?({_URI_HEADERS}))?"
 )
 #: The SIP URI nearly every message holds, groups as in _SIP_URI but headers: a
 #: lower-case scheme, a user and parameters without escapes, PLAIN_HOST and
 #: PLAIN_PORT. Every such URI matches _SIP_URI too, which is slower.
-_PLAIN_SIP_URI = re.compile(
+_PLAIN_SIP_URI: Final = re.compile(
     rf"(sips?):(?:([{_UNRESERVED}&=+$]++)@)?({PLAIN_HOST})(?::({PLAIN_PORT}))?"
     rf"((?:;[{_UNRESERVED}]++(?:=[{_UNRESERVED}]++)?)*+)"
 )
 #: absoluteURI, for any other scheme: what its grammar allows after the scheme.
-_ABSOLUTE = re.compile(
+_ABSOLUTE: Final = re.compile(
     rf"(?!(?i:sips?):)[A-Za-z][A-Za-z0-9+\-.]*+:{_run(_UNRESERVED + ';/?:@&=+$,')}"
 )
 
@@ -98,13 +99,13 @@ GEN_VALUE = rf"(?:{TOKEN}|\[{IPV6}\]|{QUOTED})"
 PARAMS = rf"(?:{SWS};{SWS}{TOKEN}(?:{SWS}={SWS}{GEN_VALUE})?)*+"
 #: One parameter of a text that matched PARAMS (or a Via's, whose values may be IPv6
 #: addresses): name, and value or None.
-_PARAM = re.compile(rf"{SWS};{SWS}({TOKEN})(?:{SWS}={SWS}({IPV6}|{GEN_VALUE}))?")
+_PARAM: Final = re.compile(rf"{SWS};{SWS}({TOKEN})(?:{SWS}={SWS}({IPV6}|{GEN_VALUE}))?")
 _DISPLAY_NAME = rf"(?:{TOKEN}(?:[ \t]++{TOKEN})*+|{QUOTED})"
 #: A name-addr or a bare addr-spec, then parameters: display name, URI in <...>, bare
 #: URI, parameters. The display name may touch the '<' (RFC 4475 §3.1.1.6). A bare
 #: URI stops at ';', and may hold no ',' or '?' (§20.10). Either URI is then checked
 #: with the URI grammar.
-_NAME_ADDR = re.compile(
+_NAME_ADDR: Final = re.compile(
     rf'{SWS}(?:(?:({_DISPLAY_NAME}){SWS})?<([^<>]*+)>|([^\s;,?<>"]++))({PARAMS}){SWS}'
 )
 #: The usual name-addr: a display name of tokens or a quoted string without escapes,
@@ -112,18 +113,18 @@ _NAME_ADDR = re.compile(
 #: URI must then be a plain SIP URI (:func:`_is_plain_sip_uri`), or the value takes
 #: the general code.
 _PLAIN_DISPLAY_NAME = rf'(?:"[^"\\\x00-\x08\x0a-\x1f\x7f]*+"|{TOKEN}(?: {TOKEN})*+)'
-_PLAIN_NAME_ADDR = re.compile(
+_PLAIN_NAME_ADDR: Final = re.compile(
     rf"(?:({_PLAIN_DISPLAY_NAME}) ?)?<([^<>]*+)>((?:;{TOKEN}(?:={TOKEN})?)*+)"
 )
 #: The same for a From or To, with no parameter but the tag: groups URI and tag.
-_PLAIN_TAGGED = re.compile(rf"(?:{_PLAIN_DISPLAY_NAME} ?)?<([^<>]*+)>(?:;tag=({TOKEN}))?")
+_PLAIN_TAGGED: Final = re.compile(rf"(?:{_PLAIN_DISPLAY_NAME} ?)?<([^<>]*+)>(?:;tag=({TOKEN}))?")
 
 #: URIs that matched _PLAIN_SIP_URI. Callers, callees, contacts and routes recur from
 #: message to message and call to call, and a look-up is many times quicker than the
 #: grammar; like the header names, the set is bounded (it starts afresh when full),
 #: and long values are not kept.
 _PLAIN_URIS: set[str] = set()
-_PLAIN_URIS_LIMIT = 4096
+_PLAIN_URIS_LIMIT: Final = 4096
 
 
 def _is_plain_sip_uri(text: str) -> bool:
@@ -138,12 +139,12 @@ def _is_plain_sip_uri(text: str) -> bool:
     return True
 
 
-_TOKEN = re.compile(TOKEN)
-_WHITE_SPACE = re.compile(r"\s")
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
-_HOST = re.compile(rf"(?:{IPV4}|{_HOSTNAME})")
-_USERINFO = re.compile(rf"{_USER}(?::{_PASSWORD})?")
-_URI_PARAM = re.compile(rf"{_PARAM_CHARS}(?:={_PARAM_CHARS})?")
+_TOKEN: Final = re.compile(TOKEN)
+_WHITE_SPACE: Final = re.compile(r"\s")
+_SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
+_HOST: Final = re.compile(rf"(?:{IPV4}|{_HOSTNAME})")
+_USERINFO: Final = re.compile(rf"{_USER}(?::{_PASSWORD})?")
+_URI_PARAM: Final = re.compile(rf"{_PARAM_CHARS}(?:={_PARAM_CHARS})?")
 
 
 def _is_addr_spec(uri: str) -> bool:
@@ -252,6 +253,23 @@ class URI:
     port: int | None = None
     params: dict[str, str | None] = field(default_factory=dict)
     headers: str = ""
+
+    # Written out: compiled, it is native code; the one @dataclass writes stays Python.
+    def __init__(
+        self,
+        scheme: str,
+        user: str | None,
+        host: str,
+        port: int | None = None,
+        params: dict[str, str | None] | None = None,
+        headers: str = "",
+    ) -> None:
+        self.scheme = scheme
+        self.user = user
+        self.host = host
+        self.port = port
+        self.params = {} if params is None else params
+        self.headers = headers
 
     @property
     def transport(self) -> str:
@@ -366,6 +384,15 @@ class NameAddr:
     params: dict[str, str | None]
     bracketed: bool = True
 
+    # Written out: compiled, it is native code; the one @dataclass writes stays Python.
+    def __init__(
+        self, display: str, uri: str, params: dict[str, str | None], bracketed: bool = True
+    ) -> None:
+        self.display = display
+        self.uri = uri
+        self.params = params
+        self.bracketed = bracketed
+
     @property
     def tag(self) -> str | None:
         return self.params.get("tag")
@@ -380,9 +407,9 @@ class NameAddr:
         return f"{display}<{self.uri}>{format_params(self.params)}"
 
 
-_QUOTED = re.compile(QUOTED)
-_DISPLAY = re.compile(_DISPLAY_NAME)
-_PARAMS = re.compile(PARAMS)
+_QUOTED: Final = re.compile(QUOTED)
+_DISPLAY: Final = re.compile(_DISPLAY_NAME)
+_PARAMS: Final = re.compile(PARAMS)
 
 
 def _name_addr(text: str) -> tuple[re.Match[str], str]:
@@ -497,7 +524,7 @@ def _params_problem(text: str) -> str:
 
 #: One element of a comma list: runs of plain text, quoted strings and <...>,
 #: each possibly unterminated (then it runs to the end, as a parser would read it).
-_LIST_ELEMENT = re.compile(r'(?:[^,"<]++|"(?:[^"\\]++|\\.)*+"?|<[^>]*+>?)*+', re.S)
+_LIST_ELEMENT: Final = re.compile(r'(?:[^,"<]++|"(?:[^"\\]++|\\.)*+"?|<[^>]*+>?)*+', re.S)
 
 
 def comma_items(value: str) -> list[str]:

@@ -19,13 +19,13 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from sipha.logs import Log
 
 log = Log(namespace="sipha.wheel")
 #: Ticks per second: a power of two, so whole and half seconds are exact ticks.
-TICKS_PER_SECOND = 64
+TICKS_PER_SECOND: Final = 64
 
 
 class Timer:
