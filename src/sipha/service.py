@@ -15,7 +15,7 @@ from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.internet.interfaces import IResolver
 
-from sipha import __version__
+from sipha import __version__, core_build
 from sipha.balancer import LoadBalancer
 from sipha.config import Config, ListenAddress
 from sipha.control import Control
@@ -306,7 +306,12 @@ class SIPService(service.MultiService):
             self.address_watch.start()  # the first role, at once
         else:
             self.ha.set_role(Role.ACTIVE, "no virtual IP configured")
-        log.info("sipha {version} started with {config}", version=__version__, config=config.path)
+        log.info(
+            "sipha {version} ({build} core) started with {config}",
+            version=__version__,
+            build=core_build(),
+            config=config.path,
+        )
 
     def _wire_pike(
         self, pike: Pike, control: Control, dispatcher: Dispatcher, balancer: LoadBalancer

@@ -31,6 +31,8 @@ from typing import Any
 
 import pytest
 
+from sources import sipha_env
+
 SIPP = shutil.which("sipp")
 SCENARIOS = Path(__file__).parent.parent / "sipp"
 REPO = Path(__file__).resolve().parents[2]
@@ -965,13 +967,7 @@ class SiphaProxy:
     def start(self, ready_timeout: float = 10.0) -> SiphaProxy:
         """Start twistd and wait until sipha answers an OPTIONS with anything."""
         __tracebackhide__ = True
-        env = dict(os.environ)
-        # The twisted/plugins dropin is found through sys.path; prefer the
-        # working tree over whatever copy is installed.
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(REPO / "src"), env.get("PYTHONPATH")])
-        )
-        env["PYTHONUNBUFFERED"] = "1"
+        env = sipha_env(PYTHONUNBUFFERED="1")
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 self.command,
@@ -1022,10 +1018,7 @@ class SiphaProxy:
 
     def ctl_json(self, *args: str) -> Any:
         """``sipha-ctl --json ARGS`` against this sipha's control socket (the working tree's)."""
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(REPO / "src"), env.get("PYTHONPATH")])
-        )
+        env = sipha_env()
         socket_path = self.directory / "control.sock"
         done = subprocess.run(
             [sys.executable, "-m", "sipha.ctl", "--socket", str(socket_path), "--json", *args],

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 import sipp
+from sources import sipha_env
 
 REPO = sipp.REPO
 NO_PROBES: Mapping[str, Mapping[str, object]] = {
@@ -41,13 +42,6 @@ def ctl_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "sipha.ctl"]
 
 
-def working_tree_env() -> dict[str, str]:
-    """The environment with the working tree's sipha first on the path."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
-    return env
-
-
 def ctl(*args: str, socket_path: Path | None = None) -> subprocess.CompletedProcess[str]:
     where = ["--socket", str(socket_path)] if socket_path is not None else []
     return subprocess.run(
@@ -55,7 +49,7 @@ def ctl(*args: str, socket_path: Path | None = None) -> subprocess.CompletedProc
         capture_output=True,
         text=True,
         timeout=30,
-        env=working_tree_env(),
+        env=sipha_env(),
         check=False,
     )
 
@@ -274,7 +268,7 @@ def test_a_second_sipha_on_the_same_control_socket_stops_with_one_line(
         capture_output=True,
         text=True,
         timeout=30,
-        env=working_tree_env(),
+        env=sipha_env(),
         check=False,
     )
 

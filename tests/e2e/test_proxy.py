@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 import pytest
 
 import sipp
+from sources import BUILD
 
 Caller = Callable[..., sipp.SippResult]
 ServerFactory = Callable[..., sipp.MediaServer]
@@ -132,6 +133,7 @@ def test_calls_are_spread_over_four_media_servers(
     )
 
     assert (result.successful, result.failed) == (200, 0)
+    assert f"({BUILD} core) started" in proxy.log()
     assert sipp.wait_for_total(servers, 200) == 200
     taken = [r.successful for r in stop_all(servers)]
     assert sum(taken) == 200

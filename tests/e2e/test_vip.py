@@ -11,7 +11,6 @@ the end, with everything in it.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import pytest
 import sipp
 from sipha import ctl
 from sipp import sipha_config, twistd_command
+from sources import sipha_env
 
 VIP = "198.18.0.10"
 
@@ -73,7 +73,7 @@ def sipha_in(namespace: str, tmp_path: Path) -> Iterator[Callable[..., Path]]:
                     ),
                     stdout=output,
                     stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")},
+                    env=sipha_env(),
                 )
             )
         deadline = time.monotonic() + 15

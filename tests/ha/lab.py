@@ -41,6 +41,7 @@ import pytest
 
 import sipp
 from dbserver import PrivateMariaDB
+from sources import sipha_env
 
 REPO = Path(__file__).resolve().parents[2]
 ETC = REPO / "etc"
@@ -404,13 +405,7 @@ class Node:
                 str(self.config),
             ),
             self.directory / "sipha.log",
-            env={
-                **os.environ,
-                "PYTHONPATH": os.pathsep.join(
-                    filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])
-                ),
-                "PYTHONUNBUFFERED": "1",
-            },
+            env=sipha_env(PYTHONUNBUFFERED="1"),
         )
         self.keepalived_conf = self.directory / "keepalived.conf"
         self.keepalived = Keepalived(

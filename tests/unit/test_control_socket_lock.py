@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from sipha import ctl
-
-SRC = Path(__file__).resolve().parents[2] / "src"
+from sources import sipha_env
 
 #: A sipha reduced to its control service, on the socket given as argument.
 SERVE = """
@@ -46,9 +45,7 @@ class Children:
         self.processes: list[subprocess.Popen[str]] = []
 
     def start(self, path: Path) -> subprocess.Popen[str]:
-        # The working tree's sipha, whatever copy is installed.
-        path_list = filter(None, [str(SRC), os.environ.get("PYTHONPATH")])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path_list)}
+        env = sipha_env()
         process = subprocess.Popen(
             [sys.executable, "-c", SERVE, str(path)],
             stdin=subprocess.DEVNULL,
