@@ -2,7 +2,8 @@
 """Calls per second, latency and memory of sipha beside Kamailio, on one machine.
 
     python3 bench/run.py [--quick] [--stores memory,sqlite,mariadb]
-                         [--proxies sipha,kamailio,direct] [--db-url URL]
+                         [--proxies sipha,kamailio,direct] [--builds source,compiled]
+                         [--db-url URL]
 
 sipha runs on bench/sipha.toml, Kamailio on bench/kamailio.cfg, each pinned to
 CPU 0; sipp (a Record-Route aware caller, tests/sipp/uac.xml, and two media
@@ -10,8 +11,10 @@ servers, tests/sipp/uas.xml with -aa) runs on CPU 1. For each proxy and dialog
 store the call rate is doubled from 100 CPS until a step fails, then bisected;
 a step holds when no call fails and sipp placed at least 95 % of the calls per
 second asked of it. "direct" is sipp calling a media server with no proxy in
-between: the most this harness can measure. Then sipha's RSS with long calls
-in progress. bench/RESULTS.md gets the tables; bench/README says more.
+between: the most this harness can measure. sipha is measured as each build:
+its sources, and a wheel whose core is compiled with mypyc (SIPHA_COMPILE=1).
+Then sipha's RSS with long calls in progress, and a profile of its core.
+bench/RESULTS.md gets the tables; bench/README says more.
 
 The benchmark installs nothing: it says what is missing and stops.
 """
@@ -45,6 +48,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The end-to-end tests' sipp helpers (standard library only) read sipp's files.
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
+sys.path.insert(2, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from procs import (
     HOST,
@@ -131,6 +135,9 @@ STORES = {
     "mariadb": Store("mariadb", "MariaDB real-time", 1),
 }
 
+#: sipha's builds: the pure-Python sources, and the wheel with the core compiled by mypyc.
+BUILDS = ("source", "compiled")
+
 
 # --------------------------------------------------------------------------- results
 
@@ -200,6 +207,7 @@ class TargetResult:
     label: str
     proxy: str
     store: str
+    build: str
     runs: list[Run] = field(default_factory=list)
     latency: Step | None = None
     receive_buffer: int | None = None
@@ -208,13 +216,33 @@ class TargetResult:
     def best(self) -> int | None:
         return statistics.median_low(run.best for run in self.runs) if self.runs else None
 
+    @property
+    def saturation(self) -> Step | None:
+        """The step at the median maximum: its CPU per call is the cost at saturation."""
+        best = self.best
+        for run in self.runs:
+            if run.best == best:
+                return next((s for s in run.steps if s.rate == best and s.held), None)
+        return None
+
 
 @dataclass
 class MemoryResult:
+    build: str
     rate: int
     samples: list[tuple[int, int]] = field(default_factory=list)  # (calls in progress, RSS)
     failed: int = 0
     note: str = ""
+
+
+@dataclass
+class Profile:
+    """Where the core's time goes in one build: bench/profile_core.py under py-spy."""
+
+    build: str
+    summary: str  # profile_core.py's own figure: µs per call inside the core
+    samples: int = 0
+    hot: list[tuple[str, float, float]] = field(default_factory=list)  # name, self %, total %
 
 
 @dataclass
@@ -227,7 +255,8 @@ class Results:
     started: datetime
     workdir: Path
     targets: list[TargetResult] = field(default_factory=list)
-    memory: MemoryResult | None = None
+    memory: list[MemoryResult] = field(default_factory=list)
+    profiles: list[Profile] = field(default_factory=list)
     rtt_resolution_ms: float | None = None
     finished: datetime | None = None
     problem: str = ""
@@ -256,19 +285,43 @@ def sipha_env(source: Path = REPO / "src") -> dict[str, str]:
     return env
 
 
+#: What building a wheel takes from the working tree.
+PROJECT_FILES = ("pyproject.toml", "hatch_build.py", "README.rst")
+
+
 def snapshot_source(workdir: Path) -> tuple[Path, str]:
     """Copy src/ into the work directory; every sipha of the run starts from the copy.
 
     The working tree may change while an hour-long run goes on; the copy keeps
     all runs and stores on the same code. Returns the copy and a digest of it.
     """
-    copy = workdir / "src"
+    tree = workdir / "tree"
+    copy = tree / "src"
     shutil.copytree(REPO / "src", copy, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "dropin.cache"))  # fmt: skip
+    for name in PROJECT_FILES:
+        shutil.copyfile(REPO / name, tree / name)
     digest = hashlib.sha256()
     for path in sorted(p for p in copy.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(copy)).encode() + b"\0" + path.read_bytes())
     return copy, digest.hexdigest()[:12]
+
+
+def build_compiled(source: Path, workdir: Path) -> Path:
+    """The compiled build of the snapshot, installed into a folder of the work directory."""
+    tree, wheels, target = source.parent, workdir / "wheel", workdir / "compiled"
+    print("building the compiled core (SIPHA_COMPILE=1 pip wheel) ...", flush=True)
+    env = {**os.environ, "SIPHA_COMPILE": "1", "PIP_ROOT_USER_ACTION": "ignore"}
+
+    def pip(*args: str) -> None:
+        argv = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args]
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+        if done.returncode:
+            raise BenchError(f"pip {args[0]} failed:\n{done.stdout}{done.stderr}")
+
+    pip("wheel", "--no-deps", "--wheel-dir", str(wheels), str(tree))
+    pip("install", "--no-deps", "--target", str(target), *map(str, wheels.glob("sipha-*.whl")))
+    return target
 
 
 class MediaServer:
@@ -318,6 +371,7 @@ class Target:
     label = ""
     proxy = ""
     store = ""
+    build = "-"
     port = 0
 
     def start(self, directory: Path) -> None:
@@ -355,11 +409,13 @@ class Sipha(ProxyProcess):
     proxy = "sipha"
     port = SIPHA_PORT
 
-    def __init__(self, store: Store, databases: Databases, source: Path) -> None:
+    def __init__(self, store: Store, databases: Databases, source: Path, build: str) -> None:
         self.store_spec = store
         self.source = source
-        self.key = f"sipha-{store.key}"
-        self.label = f"sipha, dialogs in {store.label}"
+        self.build = build
+        compiled = build == "compiled"
+        self.key = f"sipha-{'compiled-' if compiled else ''}{store.key}"
+        self.label = f"sipha{' compiled' if compiled else ''}, dialogs in {store.label}"
         self.store = store.label
         self.databases = databases
         self.process: Process | None = None
@@ -790,7 +846,8 @@ def bench_rates(make: Callable[[], Target], plan: Plan, results: Results,
                 half_rate: Callable[[TargetResult], int | None]) -> TargetResult:  # fmt: skip
     """The rate search ``plan.runs`` times, each on a fresh proxy, then the latency step."""
     template = make()
-    result = TargetResult(template.key, template.label, template.proxy, template.store)
+    result = TargetResult(template.key, template.label, template.proxy, template.store,
+                          template.build)  # fmt: skip
     results.targets.append(result)
     print(f"\n== {result.label} ==", flush=True)
     for number in range(1, plan.runs + 1):
@@ -830,17 +887,17 @@ def bench_rates(make: Callable[[], Target], plan: Plan, results: Results,
 
 
 def bench_memory(plan: Plan, rate: int, databases: Databases, workdir: Path,
-                 source: Path) -> MemoryResult:  # fmt: skip
+                 source: Path, build: str) -> MemoryResult:  # fmt: skip
     """sipha's RSS with 0 and more answered calls held open (dialogs in memory)."""
-    result = MemoryResult(rate=rate)
+    result = MemoryResult(build=build, rate=rate)
     levels = plan.memory_levels
     ramp = sum(b - a for a, b in itertools.pairwise(levels)) / rate
     hold_s = int(ramp + TRANSACTION_LINGER * len(levels) + 300)
-    print(f"\n== sipha memory: {', '.join(map(str, levels))} calls in progress, placed at "
-          f"{rate} CPS and held {hold_s} s ==", flush=True)  # fmt: skip
-    target = Sipha(STORES["memory"], databases, source)
+    print(f"\n== sipha ({build}) memory: {', '.join(map(str, levels))} calls in progress, "
+          f"placed at {rate} CPS and held {hold_s} s ==", flush=True)  # fmt: skip
+    target = Sipha(STORES["memory"], databases, source, build)
     callers: list[Process] = []
-    with Session(target, workdir / "memory", workdir / "scenarios") as session:
+    with Session(target, workdir / f"memory-{build}", workdir / "scenarios") as session:
         try:
             warm = run_step(session, 100, 2, "warmup")
             print(describe("warm-up", warm), flush=True)
@@ -892,6 +949,67 @@ def bench_memory(plan: Plan, rate: int, databases: Databases, workdir: Path,
     return result
 
 
+# --------------------------------------------------------------------------- profile
+
+PROFILE_CALLS = 20000
+#: The frame of bench/profile_core.py that hands each message to the core: samples
+#: outside it (imports, building the test's messages) are not the core's.
+CORE_FRAME = "main.<locals>.feed"
+PROFILE_ROWS = 25
+
+
+def profile_core(source: Path, build: str, workdir: Path) -> Profile:
+    """bench/profile_core.py on ``build``, on the proxy's CPU: timed, then under py-spy.
+
+    py-spy sees the functions of both builds alike: Python frames of the sources,
+    the C functions mypyc made of them (``CPyDef_module___function``). It stops
+    the process for every native sample, so the time per call is read without it.
+    """
+    core = [sys.executable, str(BENCH / "profile_core.py"), "--calls", str(PROFILE_CALLS)]
+    raw = workdir / f"profile-{build}.txt"
+    spy = ["py-spy", "record", "--native", "--rate", "500", "--format", "raw", "--output", str(raw)]
+    print(f"\n== profile of the {build} core: {' '.join(core[1:])} ==", flush=True)
+    outputs = []
+    for argv in (core, [*spy, "--", *core]):
+        done = subprocess.run(pinned(PROXY_CORE, argv), capture_output=True, text=True,
+                              env=sipha_env(source), timeout=900, check=False)  # fmt: skip
+        if done.returncode:
+            raise BenchError(f"{argv[0]} bench/profile_core.py failed:\n{done.stderr[-2000:]}")
+        outputs.append(done.stdout)
+    summary = next((line for line in outputs[0].splitlines() if "µs per call" in line), "?")
+    print(f"  {summary}", flush=True)
+    return _hot_functions(Profile(build, summary), raw)
+
+
+def _hot_functions(profile: Profile, raw: Path) -> Profile:
+    """The functions with the most samples of their own, with their share inside the core."""
+    own: dict[str, int] = {}
+    within: dict[str, int] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [_frame_name(frame) for frame in stack.split(";")]
+        at = next((i for i, name in enumerate(frames) if name.startswith(f"{CORE_FRAME} (")), None)
+        if at is None:
+            continue
+        samples = int(count)
+        profile.samples += samples
+        core = frames[at + 1 :] or frames[at:]
+        own[core[-1]] = own.get(core[-1], 0) + samples
+        # A function inlined from a header (Py_DECREF) shows between its caller's frames.
+        for name in {name for name in core[:-1] if not name.endswith(".h)")} | {core[-1]}:
+            within[name] = within.get(name, 0) + samples
+    ranked = sorted(own, key=own.__getitem__, reverse=True)[:PROFILE_ROWS]
+    total = max(1, profile.samples)
+    profile.hot = [(name, 100 * own[name] / total, 100 * within[name] / total) for name in ranked]
+    return profile
+
+
+def _frame_name(frame: str) -> str:
+    """``function (file:line)`` -> ``function (file)``: one row per function, not per line."""
+    name, _, where = frame.removesuffix(")").partition(" (")
+    return f"{name} ({Path(where.rsplit(':', 1)[0]).name})" if where else name
+
+
 # --------------------------------------------------------------------------- setup checks
 
 
@@ -931,6 +1049,12 @@ def check_setup(args: argparse.Namespace, stores: list[Store], proxies: list[str
     if "kamailio" in proxies and shutil.which("kamailio") is None:
         problems.append("kamailio is missing: as root, apt-get install -y kamailio "
                         "(or leave it out: --proxies sipha,direct)")  # fmt: skip
+    if not args.skip_profile and shutil.which("py-spy") is None:
+        problems.append("py-spy is missing: python3 -m pip install py-spy "
+                        "(or leave the profile out: --skip-profile)")  # fmt: skip
+    if "compiled" in args.build_list and shutil.which("gcc") is None:
+        problems.append("the compiled build needs a C compiler: as root, apt-get install -y gcc "
+                        "python3-dev (or leave it out: --builds source)")  # fmt: skip
     cores = os.sched_getaffinity(0)
     if not {PROXY_CORE, SIPP_CORE} <= cores:
         problems.append(f"CPUs {PROXY_CORE} and {SIPP_CORE} must both be usable; this process "
@@ -1041,7 +1165,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-rate", type=int, default=25600, help="never ask for more CPS (default %(default)s)"
     )
+    parser.add_argument(
+        "--builds",
+        default=",".join(BUILDS),
+        help="sipha's builds to measure: source, compiled (default: %(default)s)",
+    )
     parser.add_argument("--skip-memory", action="store_true", help="leave out the RSS phase")
+    parser.add_argument(
+        "--skip-profile", action="store_true", help="leave out the profile of the core"
+    )
     parser.add_argument(
         "--workdir",
         type=Path,
@@ -1056,6 +1188,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.store_list = [s for s in args.stores.split(",") if s]
     args.proxy_list = [p for p in args.proxies.split(",") if p]
+    args.build_list = [b for b in args.builds.split(",") if b]
+    for name in args.build_list:
+        if name not in BUILDS:
+            parser.error(f"--builds: unknown build {name!r} (source, compiled)")
     for name in args.store_list:
         if name not in STORES:
             parser.error(f"--stores: unknown store {name!r} (memory, sqlite, mariadb)")
@@ -1100,6 +1236,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python3 bench/run.py" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
     results = Results(command, plan, environment(proxies, stores, source, digest),
                       datetime.now(UTC), workdir)  # fmt: skip
+    builds: dict[str, Path] = {}
     databases = Databases(args.db_url)
     print(f"sipha benchmark: logs and sipp files in {workdir}", flush=True)
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -1119,11 +1256,15 @@ def main(argv: list[str] | None = None) -> int:
         write_report(args.output, results)
 
     try:
+        for build in args.build_list:
+            builds[build] = source if build == "source" else build_compiled(source, workdir)
         if "sipha" in proxies:
-            for store in stores:
-                bench_rates(lambda store=store: Sipha(store, databases, source), plan, results,
-                            half_of_sipha)  # fmt: skip
-                save()
+            for build, path in builds.items():
+                for store in stores:
+                    bench_rates(lambda store=store, path=path, build=build:
+                                Sipha(store, databases, path, build),
+                                plan, results, half_of_sipha)  # fmt: skip
+                    save()
         if "kamailio" in proxies:
             bench_rates(Kamailio, plan, results, half_of_sipha)
             save()
@@ -1131,10 +1272,17 @@ def main(argv: list[str] | None = None) -> int:
             bench_rates(Direct, plan, results, half_of_sipha)
             save()
         if "sipha" in proxies and not args.skip_memory:
-            memory = next((t for t in results.targets if t.key == "sipha-memory"), None)
-            best = memory.best if memory else None
-            rate = min(500, round_rate(best / 2)) if best else 200
-            results.memory = bench_memory(plan, rate, databases, workdir, source)
+            for build, path in builds.items():
+                memory = next((t for t in results.targets
+                               if t.build == build and t.store == "memory"), None)  # fmt: skip
+                best = memory.best if memory else None
+                rate = min(500, round_rate(best / 2)) if best else 200
+                results.memory.append(bench_memory(plan, rate, databases, workdir, path, build))
+                save()
+        if not args.skip_profile:
+            for build, path in builds.items():
+                results.profiles.append(profile_core(path, build, workdir))
+                save()
     except KeyboardInterrupt as interrupt:
         how = interrupt.args[0] if isinstance(interrupt, Interrupted) else "Ctrl-C"
         results.problem = f"interrupted ({how}): the tables hold what was measured before"
