@@ -82,6 +82,19 @@ class Node:
         self.database.close()
 
 
+def in_dialog(method: str, cseq: int) -> bytes:
+    """The caller's ``method`` in answered call 1, along the Record-Route sipha wrote."""
+    return invite(
+        method=method,
+        call_id="call-1",
+        uri="sip:fs@127.0.0.1:5071",
+        to_tag="uas-1",
+        cseq=cseq,
+        branch=f"z9hG4bK-{method.lower()}",
+        routes=("<sip:127.0.0.1:5060;lr>",),
+    )
+
+
 def call(node: Node, n: int, answer: bool) -> tuple[Request, Peer]:
     """A call from the caller through ``node``: ringing, and answered if asked.
 
@@ -204,15 +217,7 @@ async def test_a_call_that_ended_just_before_the_takeover_is_not_restored(nodes)
     active.stream_to(standby, snapshot=True)
     call(active, 1, answer=True)
     await active.store.drained()
-    bye = invite(
-        method="BYE",
-        call_id="call-1",
-        uri="sip:fs@127.0.0.1:5071",
-        to_tag="uas-1",
-        cseq=2,
-        branch="z9hG4bK-bye",
-        routes=("<sip:127.0.0.1:5060;lr>",),
-    )
+    bye = in_dialog("BYE", cseq=2)
     active.store.suspend()  # it dies before the row's deletion is written
     active.core.receive(bye, CALLER, UDP_IN)
     active.stream_to(standby)
@@ -243,15 +248,7 @@ async def test_a_call_taken_over_that_ends_before_the_table_is_read_stays_ended(
     active.store.suspend()
 
     standby.ha.set_role("active", "the virtual IP is on this host")  # the table is being read
-    bye = invite(
-        method="BYE",
-        call_id="call-1",
-        uri="sip:fs@127.0.0.1:5071",
-        to_tag="uas-1",
-        cseq=2,
-        branch="z9hG4bK-bye",
-        routes=("<sip:127.0.0.1:5060;lr>",),
-    )
+    bye = in_dialog("BYE", cseq=2)
     standby.core.receive(bye, CALLER, UDP_IN)
     await standby.settle()
 
@@ -271,18 +268,11 @@ async def test_a_node_never_changes_rows_another_node_took_over(nodes):
 
     # The first node still believes it carries the call: its ACK and its BYE
     # would write and delete the row, which is not its own any more.
-    ack = invite(
-        method="ACK",
-        call_id="call-1",
-        uri="sip:fs@127.0.0.1:5071",
-        to_tag="uas-1",
-        branch="z9hG4bK-ack",
-        routes=("<sip:127.0.0.1:5060;lr>",),
-    )
+    ack = in_dialog("ACK", cseq=1)
     first.core.receive(ack, CALLER, UDP_IN)
     await first.store.drained()
     assert await second.rows() == [("call-1", 3, "lb2")]
-    bye = ack.replace(b"ACK", b"BYE").replace(b"CSeq: 1 BYE", b"CSeq: 2 BYE")
+    bye = in_dialog("BYE", cseq=2)
     first.core.receive(bye, CALLER, UDP_IN)
     await first.store.drained()
     assert await second.rows() == [("call-1", 3, "lb2")]
