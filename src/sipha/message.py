@@ -41,6 +41,7 @@ from sipha.uri import (
     name_addr_tag,
     params_dict,
     parse_name_addr,
+    plain_params,
     read_host,
     read_port,
     split_comma_list,
@@ -235,16 +236,11 @@ def parse_via(text: str) -> Via:
     """Parse one Via value; raise :class:`ParseError` naming the defect."""
     if plain := _PLAIN_VIA.fullmatch(text):
         transport, host, port, params = plain.groups()
-        values: dict[str, str | None] = {}
-        for item in params.split(";")[1:]:
-            name, eq, value = item.partition("=")
-            values[name.lower()] = value if eq else None
-        via = Via(transport, host.lower(), int(port) if port else None, values)
+        via = Via(transport, host.lower(), int(port) if port else None, plain_params(params))
     else:
         via = _general_via(text)
     for param, value in via.params.items():
-        check = _VIA_PARAM_CHECKS.get(param)
-        if check is not None and not check(value):
+        if param in _CHECKED_VIA_PARAMS and not _via_param_ok(param, value):
             raise ParseError(f"Bad Via {param}")
     return via
 
@@ -279,15 +275,24 @@ def _is_address(value: str | None) -> bool:
     return True
 
 
-#: Via parameters with a grammar of their own (§25.1, RFC 3581 rport); a branch must
-#: hold more than the magic cookie (RFC 4475 §3.2.1).
-_VIA_PARAM_CHECKS: Final[dict[str, Callable[[str | None], bool]]] = {
-    "branch": lambda v: v is not None and v != BRANCH_COOKIE,
-    "rport": lambda v: v is None or (_is_number(v) and len(v) < 6 and 0 < int(v) < 65536),
-    "received": _is_address,
-    "maddr": lambda v: v is not None and _HOST.fullmatch(v) is not None,
-    "ttl": lambda v: v is not None and _is_number(v) and len(v) < 4 and int(v) < 256,
-}
+#: Via parameters with a grammar of their own (§25.1, RFC 3581 rport).
+_CHECKED_VIA_PARAMS: Final = frozenset(("branch", "rport", "received", "maddr", "ttl"))
+
+
+def _via_param_ok(name: str, value: str | None) -> bool:
+    """Does the value of one of :data:`_CHECKED_VIA_PARAMS` follow its grammar?"""
+    if name == "branch":  # more than the magic cookie (RFC 4475 §3.2.1)
+        return value is not None and value != BRANCH_COOKIE
+    if name == "rport":
+        return value is None or (_is_number(value) and len(value) < 6 and 0 < int(value) < 65536)
+    if name == "received":
+        return _is_address(value)
+    if value is None:
+        return False
+    if name == "maddr":
+        return _HOST.fullmatch(value) is not None
+    return _is_number(value) and len(value) < 4 and int(value) < 256  # ttl
+
 
 _VIA_PROTOCOL: Final = re.compile(rf"{SWS}({TOKEN}){SWS}/{SWS}({TOKEN}){SWS}/{SWS}({TOKEN})")
 

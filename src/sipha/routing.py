@@ -37,7 +37,10 @@ ALLOWED_METHODS: Final = "INVITE, ACK, CANCEL, BYE, REGISTER"
 MAX_FORWARDS_LIMIT: Final = 256
 
 
-@dataclass(frozen=True, slots=True)
+# Reply and Relay write their __init__: compiled, it is native code, where the one a
+# frozen @dataclass writes stays Python (one of each per request). Their eq and repr
+# come from @dataclass; nothing changes a decision once the route has made it.
+@dataclass(slots=True)
 class Reply:
     """Answer the request here (statefully, so retransmissions are absorbed)."""
 
@@ -45,8 +48,15 @@ class Reply:
     reason: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
 
+    def __init__(
+        self, status: int, reason: str | None = None, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class Relay:
     """Forward the request statefully.
 
@@ -63,6 +73,16 @@ class Relay:
     #: (RFC 3327, OpenSIPS's ``add_path_received``), written when it is sent,
     #: like Record-Route: it names the listener the REGISTER leaves from.
     path: bool = False
+
+    def __init__(
+        self,
+        targets: Iterable[str] | None = None,
+        record_route: bool = True,
+        path: bool = False,
+    ) -> None:
+        self.targets = targets
+        self.record_route = record_route
+        self.path = path
 
 
 class _Drop:
@@ -145,11 +165,11 @@ class RouteHelpers:
                 break
             routes.pop(0)
             removed += 1
-            if removed == 1 and "r2" not in _uri_params(first.uri):
+            if removed == 1 and not _has_param(first.uri, "r2"):
                 break
         if not removed and not via_strict:
             return False
-        if routes and not _uri_params(parse_name_addr(routes[0]).uri).keys() & {"lr"}:
+        if routes and not _has_param(parse_name_addr(routes[0]).uri, "lr"):
             # The next hop is a strict router: it goes into the R-URI and the
             # R-URI becomes the last Route (§16.6 step 6).
             routes.append(f"<{request.uri}>")
@@ -279,6 +299,11 @@ class RouteHelpers:
 def _lists(request: Request, header: str, option: str) -> bool:
     """Does ``header`` (Supported, Require) list the option tag ``option``?"""
     return any(value.lower() == option for value in request.get_all(header))
+
+
+def _has_param(uri: str, name: str) -> bool:
+    """Does ``uri`` have the parameter? Parsed only if the name is in it at all."""
+    return name in uri.lower() and name in _uri_params(uri)
 
 
 def _uri_params(uri: str) -> dict[str, str | None]:

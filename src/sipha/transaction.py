@@ -179,8 +179,9 @@ class ServerTransaction:
     ) -> None:
         """Answer with a locally generated response (nothing once a final reply went out)."""
         if self.request is not None:
+            to_tag = self.to_tag if status > 100 else None  # a 100 carries none (§8.2.6.2)
             self.send_response(
-                make_response(self.request, status, reason, to_tag=self.to_tag, extra=extra)
+                make_response(self.request, status, reason, to_tag=to_tag, extra=extra)
             )
 
     def send_response(self, response: Response) -> None:

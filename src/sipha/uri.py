@@ -166,6 +166,19 @@ def params_dict(text: str) -> dict[str, str | None]:
     return {found[1].lower(): found[2] for found in _PARAM.finditer(text)}
 
 
+def plain_params(text: str) -> dict[str, str | None]:
+    """The same for parameters without white space or quotes, which a split reads.
+
+    That is what the plain patterns (a URI's, a usual name-addr's or Via's)
+    matched: several times quicker than :data:`_PARAM`, on nearly every value.
+    """
+    params: dict[str, str | None] = {}
+    for item in text.split(";")[1:]:
+        name, eq, value = item.partition("=")
+        params[name.lower()] = value if eq else None
+    return params
+
+
 def format_params(params: dict[str, str | None]) -> str:
     """The inverse of :func:`params_dict`: ``;a=1;b``."""
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
@@ -305,11 +318,9 @@ def parse_uri(text: str) -> URI:
         raise URIError(_uri_problem(text))
     scheme, user, host, port, params = found.group(1, 2, 3, 4, 5)
     headers = found[6] if found.re is _SIP_URI else None
-    uri_params: dict[str, str | None] = {}
-    for item in params.split(";")[1:]:
-        name, eq, value = item.partition("=")
-        uri_params[name.lower()] = value if eq else None
-    return URI(scheme.lower(), user, read_host(host), read_port(port), uri_params, headers or "")
+    return URI(
+        scheme.lower(), user, read_host(host), read_port(port), plain_params(params), headers or ""
+    )
 
 
 def check_request_uri(text: str) -> None:
@@ -426,7 +437,7 @@ def parse_name_addr(text: str) -> NameAddr:
     """Parse one name-addr or addr-spec with its header parameters."""
     plain = _PLAIN_NAME_ADDR.fullmatch(text)
     if plain and _is_plain_sip_uri(plain[2]):
-        return NameAddr(plain[1] or "", plain[2], params_dict(plain[3]))
+        return NameAddr(plain[1] or "", plain[2], plain_params(plain[3]))
     found, uri = _name_addr(text)
     return NameAddr(found[1] or "", uri, params_dict(found[4]), found[2] is not None)
 
