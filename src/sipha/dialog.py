@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from sipha.message import Request, Response
-from sipha.uri import URIError, parse_name_addr, parse_uri
+from sipha.uri import URIError, name_addr_uri, parse_name_addr, parse_uri
 
 HASH_SIZE: Final = 4096
 #: Calls remembered as over (see Dialogs.restore).
@@ -194,9 +194,9 @@ class Dialogs:
             entry,
             ident,
             invite.call_id,
-            from_uri=parse_name_addr(invite.get("from") or "").uri,
+            from_uri=name_addr_uri(invite.get("from") or ""),
             from_tag=invite.from_tag,
-            to_uri=parse_name_addr(invite.get("to") or "").uri,
+            to_uri=name_addr_uri(invite.get("to") or ""),
             caller_cseq=invite.cseq,
             caller_contact=_contact_uri(invite),
             caller_sock=caller_sock,

@@ -44,6 +44,7 @@ from sipha.uri import (
     plain_params,
     read_host,
     read_port,
+    remember,
     split_comma_list,
     split_host_port,
 )
@@ -226,19 +227,33 @@ _HOST: Final = re.compile(HOST)
 
 
 #: A Via as nearly every hop writes it: no white space but the one SP, an upper-case
-#: transport, token parameter values.
-_PLAIN_VIA: Final = re.compile(
-    rf"SIP/2\.0/([A-Z]++) ({PLAIN_HOST})(?::({PLAIN_PORT}))?((?:;{TOKEN}(?:={TOKEN})?)*+)"
-)
+#: transport, token parameter values. Its sent-by, which each hop writes the same on
+#: every message, is read once and remembered (bounded, as sipha.uri's memos).
+_PLAIN_SENT_BY: Final = re.compile(rf"SIP/2\.0/([A-Z]++) ({PLAIN_HOST})(?::({PLAIN_PORT}))?")
+_PLAIN_VIA_PARAMS: Final = re.compile(rf"(?:;{TOKEN}(?:={TOKEN})?)*+")
+_SENT_BYS: dict[str, tuple[str, str, int | None]] = {}
+
+
+def _plain_via(text: str) -> Via | None:
+    """The Via of that usual shape, unchecked parameters aside; None for another."""
+    sent_by = text.partition(";")[0]
+    known = _SENT_BYS.get(sent_by)
+    if known is None:
+        found = _PLAIN_SENT_BY.fullmatch(sent_by)
+        if found is None:
+            return None
+        port = found[3]
+        known = (found[1], found[2].lower(), int(port) if port else None)
+        remember(_SENT_BYS, sent_by, known)
+    params = text[len(sent_by) :]
+    if _PLAIN_VIA_PARAMS.fullmatch(params) is None:
+        return None
+    return Via(known[0], known[1], known[2], plain_params(params))
 
 
 def parse_via(text: str) -> Via:
     """Parse one Via value; raise :class:`ParseError` naming the defect."""
-    if plain := _PLAIN_VIA.fullmatch(text):
-        transport, host, port, params = plain.groups()
-        via = Via(transport, host.lower(), int(port) if port else None, plain_params(params))
-    else:
-        via = _general_via(text)
+    via = _plain_via(text) or _general_via(text)
     for param, value in via.params.items():
         if param in _CHECKED_VIA_PARAMS and not _via_param_ok(param, value):
             raise ParseError(f"Bad Via {param}")
@@ -800,7 +815,7 @@ def _read_vias(message: Message, vias: list[str]) -> None:
             raise ParseError(_via_list_problem(value))
         if message._via is None:
             message._via = parse_via(value if single else comma_items(value)[0])
-        elif single and not (_PLAIN_VIA.fullmatch(value) or _VIA_ITEM.fullmatch(value)):
+        elif single and not (_plain_via(value) or _VIA_ITEM.fullmatch(value)):
             raise ParseError(_via_problem(value))
 
 

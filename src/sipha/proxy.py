@@ -69,6 +69,7 @@ from sipha.uri import (
     is_ip_address,
     parse_name_addr,
     parse_uri,
+    remember,
     split_comma_list,
 )
 from sipha.wheel import TimerWheel
@@ -1047,9 +1048,6 @@ def _not_a_host(host: str) -> bool:
     return ip.is_multicast or ip.is_unspecified or ip == ipaddress.IPv4Address("255.255.255.255")
 
 
-#: Entries a lookup memo holds before it starts afresh: bounded under made-up URIs.
-MEMO_LIMIT: Final = 4096
-
 _NO_TARGET: Any = object()
 
 
@@ -1057,13 +1055,11 @@ _T = TypeVar("_T")
 
 
 def _memoized(memo: dict[str, _T], key: str, compute: Callable[[str], _T]) -> _T:
-    """``compute(key)``, remembered in ``memo`` until it holds MEMO_LIMIT entries."""
+    """``compute(key)``, remembered in ``memo`` (see :func:`sipha.uri.remember`)."""
     if key in memo:
         return memo[key]
     value = compute(key)
-    if len(memo) >= MEMO_LIMIT:
-        memo.clear()
-    memo[key] = value
+    remember(memo, key, value)
     return value
 
 

@@ -17,7 +17,7 @@ import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 DEFAULT_PORTS: Final = {"sip": 5060, "sips": 5061}
 
@@ -119,12 +119,25 @@ _PLAIN_NAME_ADDR: Final = re.compile(
 #: The same for a From or To, with no parameter but the tag: groups URI and tag.
 _PLAIN_TAGGED: Final = re.compile(rf"(?:{_PLAIN_DISPLAY_NAME} ?)?<([^<>]*+)>(?:;tag=({TOKEN}))?")
 
+#: Entries a memo of values already read holds before it starts afresh: bounded
+#: under a stream of made-up values.
+MEMO_LIMIT: Final = 4096
 #: URIs that matched _PLAIN_SIP_URI. Callers, callees, contacts and routes recur from
 #: message to message and call to call, and a look-up is many times quicker than the
 #: grammar; like the header names, the set is bounded (it starts afresh when full),
 #: and long values are not kept.
-_PLAIN_URIS: set[str] = set()
-_PLAIN_URIS_LIMIT: Final = 4096
+_PLAIN_URIS: dict[str, bool] = {}
+#: Plain From and To values already read, as (URI, tag): every message of a call
+#: repeats them. Bounded and kept like _PLAIN_URIS.
+_TAGGED_VALUES: dict[str, tuple[str, str | None]] = {}
+
+
+def remember(memo: dict[str, Any], text: str, value: object) -> None:
+    """Keep ``value`` for ``text``; the memo starts afresh when full, and long texts are not kept."""
+    if len(memo) >= MEMO_LIMIT:
+        memo.clear()
+    if len(text) <= 256:
+        memo[text] = value
 
 
 def _is_plain_sip_uri(text: str) -> bool:
@@ -132,11 +145,21 @@ def _is_plain_sip_uri(text: str) -> bool:
         return True
     if _PLAIN_SIP_URI.fullmatch(text) is None:
         return False
-    if len(_PLAIN_URIS) >= _PLAIN_URIS_LIMIT:
-        _PLAIN_URIS.clear()
-    if len(text) <= 256:
-        _PLAIN_URIS.add(text)
+    remember(_PLAIN_URIS, text, True)
     return True
+
+
+def _plain_tagged(text: str) -> tuple[str, str | None] | None:
+    """URI and tag of a From or To value of the usual shape (:data:`_PLAIN_TAGGED`)."""
+    known = _TAGGED_VALUES.get(text)
+    if known is not None:
+        return known
+    plain = _PLAIN_TAGGED.fullmatch(text)
+    if plain is None or not _is_plain_sip_uri(plain[1]):
+        return None
+    found = (plain[1], plain[2])
+    remember(_TAGGED_VALUES, text, found)
+    return found
 
 
 _TOKEN: Final = re.compile(TOKEN)
@@ -442,15 +465,21 @@ def parse_name_addr(text: str) -> NameAddr:
     return NameAddr(found[1] or "", uri, params_dict(found[4]), found[2] is not None)
 
 
+def name_addr_uri(text: str) -> str:
+    """The URI of a From or To value: :func:`parse_name_addr`'s, remembered."""
+    plain = _plain_tagged(text)
+    return parse_name_addr(text).uri if plain is None else plain[0]
+
+
 def name_addr_tag(text: str) -> str | None:
     """The ``tag`` of a From/To value, with the checks of :func:`parse_name_addr`.
 
     Every message needs its two tags, so this skips building the NameAddr;
     a tag must be a token (§25.1 tag-param), and one is all a value may have.
     """
-    plain = _PLAIN_TAGGED.fullmatch(text)
-    if plain and _is_plain_sip_uri(plain[1]):
-        return plain[2]
+    plain = _plain_tagged(text)
+    if plain is not None:
+        return plain[1]
     params = _name_addr(text)[0][4]
     if not params:
         return None

@@ -22,6 +22,7 @@ from sipha.uri import (
     comma_items,
     format_host_port,
     name_addr_tag,
+    name_addr_uri,
     parse_name_addr,
     parse_uri,
     split_comma_list,
@@ -475,7 +476,8 @@ def general_outcome(parse: Callable[[str], Any], text: str) -> object:
     with pytest.MonkeyPatch.context() as patch:
         for name in _FAST_PATHS:
             patch.setattr(uri, name, _NEVER)
-        patch.setattr(uri, "_PLAIN_URIS", set())
+        patch.setattr(uri, "_PLAIN_URIS", {})
+        patch.setattr(uri, "_TAGGED_VALUES", {})
         return outcome(parse, text)
 
 
@@ -594,17 +596,20 @@ _TRICKY = st.lists(
 @settings(max_examples=500, deadline=None)
 @given(text=st.one_of(_TRICKY, _TRICKY.map("sip:".__add__), _TRICKY.map("<sip:".__add__)))
 def test_fast_paths_agree_with_general_code(text: str) -> None:
-    for parse in (parse_uri, check_request_uri, name_addr_tag, parse_name_addr, contacts, routes):
-        assert outcome(parse, text) == general_outcome(parse, text)
+    parsers = (parse_uri, check_request_uri, name_addr_tag, name_addr_uri, parse_name_addr)
+    for parse in (*parsers, contacts, routes):
+        general = general_outcome(parse, text)
+        assert outcome(parse, text) == general
+        assert outcome(parse, text) == general  # now from what was remembered
     assert_tag_is_parse_name_addrs(text)
 
 
 def test_uris_seen_are_remembered_within_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only plain SIP URIs that passed are kept, not long ones, and never beyond the limit."""
-    monkeypatch.setattr(uri, "_PLAIN_URIS", set())
-    for n in range(uri._PLAIN_URIS_LIMIT + 10):
+    monkeypatch.setattr(uri, "_PLAIN_URIS", {})
+    for n in range(uri.MEMO_LIMIT + 10):
         check_request_uri(f"sip:user{n}@h.example")
-    assert 0 < len(uri._PLAIN_URIS) <= uri._PLAIN_URIS_LIMIT
+    assert 0 < len(uri._PLAIN_URIS) <= uri.MEMO_LIMIT
     long = f"sip:{'u' * 300}@h.example"
     check_request_uri(long)
     assert long not in uri._PLAIN_URIS
