@@ -102,6 +102,59 @@ class Dialog:
     binding: Releasable | None = field(default=None, repr=False)
     timer: Any = field(default=None, repr=False)
 
+    # Written out: compiled, it is native code; the one @dataclass writes stays Python.
+    def __init__(
+        self,
+        h_entry: int,
+        h_id: int,
+        call_id: str,
+        from_uri: str,
+        from_tag: str,
+        to_uri: str,
+        to_tag: str | None = None,
+        caller_cseq: int = 0,
+        callee_cseq: int = 0,
+        caller_contact: str = "",
+        callee_contact: str = "",
+        caller_route_set: list[str] | None = None,
+        callee_route_set: list[str] | None = None,
+        caller_sock: str = "",
+        callee_sock: str = "",
+        state: DialogState = DialogState.UNCONFIRMED,
+        start_time: float = 0.0,
+        timeout_at: float = 0.0,
+        destination: str | None = None,
+        branch: str | None = None,
+        lb_group: int | None = None,
+        lb_resources: tuple[str, ...] = (),
+        binding: Releasable | None = None,
+        timer: Any = None,
+    ) -> None:
+        self.h_entry = h_entry
+        self.h_id = h_id
+        self.call_id = call_id
+        self.from_uri = from_uri
+        self.from_tag = from_tag
+        self.to_uri = to_uri
+        self.to_tag = to_tag
+        self.caller_cseq = caller_cseq
+        self.callee_cseq = callee_cseq
+        self.caller_contact = caller_contact
+        self.callee_contact = callee_contact
+        self.caller_route_set = [] if caller_route_set is None else caller_route_set
+        self.callee_route_set = [] if callee_route_set is None else callee_route_set
+        self.caller_sock = caller_sock
+        self.callee_sock = callee_sock
+        self.state = state
+        self.start_time = start_time
+        self.timeout_at = timeout_at
+        self.destination = destination
+        self.branch = branch
+        self.lb_group = lb_group
+        self.lb_resources = lb_resources
+        self.binding = binding
+        self.timer = timer
+
     @property
     def did(self) -> str:
         return f"{revhex(self.h_entry)}.{revhex(self.h_id)}"
@@ -116,7 +169,7 @@ def _contact_uri(message: Request | Response) -> str:
     if not value:
         return ""
     try:
-        return parse_name_addr(value.split(",")[0]).uri
+        return name_addr_uri(value.split(",")[0])
     except URIError:
         return ""
 

@@ -466,7 +466,8 @@ def parse_name_addr(text: str) -> NameAddr:
 
 
 def name_addr_uri(text: str) -> str:
-    """The URI of a From or To value: :func:`parse_name_addr`'s, remembered."""
+    """The URI of a name-addr, as :func:`parse_name_addr` reads it; remembered for the
+    usual From, To and Contact values, which recur from message to message."""
     plain = _plain_tagged(text)
     return parse_name_addr(text).uri if plain is None else plain[0]
 
