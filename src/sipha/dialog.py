@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from sipha.message import Request, Response
-from sipha.uri import URIError, name_addr_uri, parse_name_addr, parse_uri
+from sipha.uri import URIError, name_addr_uri, parse_uri
 
 HASH_SIZE: Final = 4096
 #: Calls remembered as over (see Dialogs.restore).
@@ -308,7 +308,7 @@ class Dialogs:
 
     def _local_entry(self, entry: str) -> bool:
         try:
-            return self.is_local(parse_name_addr(entry).uri)
+            return self.is_local(name_addr_uri(entry))
         except URIError:
             return False
 

@@ -67,7 +67,7 @@ from sipha.uri import (
     URIError,
     format_host_port,
     is_ip_address,
-    parse_name_addr,
+    name_addr_uri,
     parse_uri,
     remember,
     split_comma_list,
@@ -620,9 +620,10 @@ class ProxyCore:
         return _crc(text)
 
     def _looped(self, request: Request, loop_key: str) -> bool:
+        ours = f"{BRANCH_COOKIE}{loop_key}."
         for value in request.get_all("via"):
             sent_by, _, params = value.partition(";")
-            if f"{BRANCH_COOKIE}{loop_key}." not in params:
+            if ours not in params:
                 continue
             try:
                 via_host = sent_by.split()[-1]
@@ -658,7 +659,7 @@ class ProxyCore:
         routes = request.get_all("route")
         if routes:
             try:
-                top = parse_name_addr(routes[0]).uri
+                top = name_addr_uri(routes[0])
                 if parse_uri(top).loose_router:
                     return top
             except URIError:

@@ -20,7 +20,7 @@ from urllib.parse import unquote
 from sipha.dialog import DialogState
 from sipha.message import Request
 from sipha.transaction import Peer
-from sipha.uri import URIError, parse_name_addr, parse_uri, split_comma_list
+from sipha.uri import URIError, name_addr_uri, parse_uri, split_comma_list
 
 if TYPE_CHECKING:
     from sipha.balancer import Allocation, LoadBalancer
@@ -156,24 +156,24 @@ class RouteHelpers:
             # R-URI and the real target is the last Route (§16.4).
             if not routes:
                 return False
-            request.uri = parse_name_addr(routes[-1]).uri
+            request.uri = name_addr_uri(routes[-1])
             routes = routes[:-1]
         removed = 0
         while routes and removed < 2:
-            first = parse_name_addr(routes[0])
-            if not self.proxy.is_local_uri(first.uri):
+            first = name_addr_uri(routes[0])
+            if not self.proxy.is_local_uri(first):
                 break
             routes.pop(0)
             removed += 1
-            if removed == 1 and not _has_param(first.uri, "r2"):
+            if removed == 1 and not _has_param(first, "r2"):
                 break
         if not removed and not via_strict:
             return False
-        if routes and not _has_param(parse_name_addr(routes[0]).uri, "lr"):
+        if routes and not _has_param(name_addr_uri(routes[0]), "lr"):
             # The next hop is a strict router: it goes into the R-URI and the
             # R-URI becomes the last Route (§16.6 step 6).
             routes.append(f"<{request.uri}>")
-            request.uri = parse_name_addr(routes.pop(0)).uri
+            request.uri = name_addr_uri(routes.pop(0))
         request.remove("route")
         for index, route in enumerate(routes):
             request.insert("Route", route, index)
@@ -253,7 +253,7 @@ class RouteHelpers:
         if route is None or "received=" not in route or not self._from_media_server():
             return None
         try:
-            top = parse_name_addr(split_comma_list(route)[0]).uri
+            top = name_addr_uri(split_comma_list(route)[0])
             received = parse_uri(top).params.get("received")
             if not received or not self.proxy.is_local_uri(top):
                 return None

@@ -122,6 +122,8 @@ def _response_peer(request: Request, source: Peer) -> Peer:
     if source.reliable:
         return source
     host, port = request.top_via.response_target("udp")
+    if host == source.host and port == source.port:
+        return source  # the usual case (received and rport): no new Peer
     return Peer("udp", host, port)
 
 

@@ -466,8 +466,14 @@ def parse_name_addr(text: str) -> NameAddr:
 
 
 def name_addr_uri(text: str) -> str:
-    """The URI of a name-addr, as :func:`parse_name_addr` reads it; remembered for the
-    usual From, To and Contact values, which recur from message to message."""
+    """The URI of a name-addr, as :func:`parse_name_addr` reads it.
+
+    A bare ``<uri>`` (a Route, a Record-Route) needs only the URI checked, and the
+    usual From, To and Contact values, which recur from message to message, are
+    remembered.
+    """
+    if text[:1] == "<" and text[-1:] == ">" and _is_plain_sip_uri(text[1:-1]):
+        return text[1:-1]
     plain = _plain_tagged(text)
     return parse_name_addr(text).uri if plain is None else plain[0]
 
