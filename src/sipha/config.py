@@ -21,7 +21,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 __all__ = [
@@ -91,12 +91,13 @@ def _port(text: str) -> int:
     return port
 
 
-@dataclass(frozen=True)
-class ListenAddress:
+class ListenAddress(NamedTuple):
     """One socket to listen on: ``udp:127.0.0.1:5060`` or ``tcp:[::1]:5060``.
 
     The host is an IP literal (no brackets) because a proxy writes its own
-    address into Via and Record-Route and must bind exactly there.
+    address into Via and Record-Route and must bind exactly there. A tuple:
+    every message sent looks its socket up by it, and a tuple hashes and
+    compares in C where a frozen dataclass runs Python.
     """
 
     transport: str

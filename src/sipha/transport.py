@@ -10,7 +10,6 @@ the connection a peer already has with sipha, in either direction (RFC 3261
 
 from __future__ import annotations
 
-import dataclasses
 import resource
 import socket
 import struct
@@ -301,7 +300,7 @@ class Transports:
         """Bind and serve ``listener``; returns it as bound (port 0: the port the kernel chose)."""
         sock = bind_socket(listener, receive_buffer)
         if listener.port == 0:
-            listener = dataclasses.replace(listener, port=sock.getsockname()[1])
+            listener = listener._replace(port=sock.getsockname()[1])
         try:
             if listener.transport == "udp":
                 granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
