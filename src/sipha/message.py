@@ -464,7 +464,7 @@ class Message:
     def serialize(self) -> bytes:
         """Wire form; Content-Length always states the body's real size."""
         length = str(len(self.body))
-        lines = [self.start_line()]
+        parts = [self.start_line()]
         seen_length = False
         for key, name, value in self.headers:
             if key == "content-length":
@@ -472,11 +472,12 @@ class Message:
                     continue
                 seen_length = True
                 value = length
-            lines.append(f"{name}: {value}")
+            # One join of the pieces: no string is built per line.
+            parts += ("\r\n", name, ": ", value)
         if not seen_length:
-            lines.append(f"Content-Length: {length}")
-        lines.append("\r\n")
-        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
+            parts += ("\r\nContent-Length: ", length)
+        parts.append("\r\n\r\n")
+        return "".join(parts).encode("utf-8", "surrogateescape") + self.body
 
 
 class Request(Message):
@@ -573,13 +574,15 @@ def _read_headers(text: str) -> tuple[list[tuple[str, str, str]], str | None]:
     """
     names = _NAMES
     headers = []
-    # A CR left before the LF is stripped with the value's white space.
-    for line in text.split("\n")[1:]:
-        name, colon, value = line.partition(":")
-        known = names.get(name)
-        if known is None or not colon:
+    lines = text.split("\n")
+    for i in range(1, len(lines)):
+        line = lines[i]
+        colon = line.find(":")
+        known = names.get(line[:colon]) if colon >= 0 else None
+        if known is None:
             return _parse_headers(_header_lines(text))
-        headers.append((known[0], known[1], value.strip()))
+        # A CR left before the LF is stripped with the value's white space.
+        headers.append((known[0], known[1], line[colon + 1 :].strip()))
     return headers, None
 
 
