@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 import random
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -212,7 +213,9 @@ class Dialogs:
         # Call-IDs of calls over: answered ones that ended here, and BYEs that
         # matched no dialog. After a restart or a takeover, a call can end before
         # the dialog table is read back, and its row must not bring it back.
-        self._ended: dict[str, None] = {}
+        # Oldest first; an OrderedDict drops its first entry in constant time, where a
+        # dict would step over every entry deleted before it.
+        self._ended: OrderedDict[str, None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -376,7 +379,7 @@ class Dialogs:
     def _remember_ended(self, call_id: str) -> None:
         self._ended[call_id] = None
         if len(self._ended) > ENDED_KEPT:
-            del self._ended[next(iter(self._ended))]
+            self._ended.popitem(last=False)
 
     def _forget(self, dialog: Dialog) -> None:
         """Out of the registry, its timer stopped and its load-balancer unit released."""
