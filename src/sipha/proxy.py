@@ -311,8 +311,8 @@ class ProxyCore:
         if self.passive and local != self.node_listener:
             self.stats["dropped_while_passive"] += 1
             return
-        if not data.strip(b"\r\n"):
-            return  # keep-alive
+        if data[:1] in (b"\r", b"\n", b"") and not data.strip(b"\r\n"):
+            return  # keep-alive (a message is not copied to find out)
         if self.pike is not None and not self.pike.allow(source.host):
             self._limit(data, source, local)
             return
