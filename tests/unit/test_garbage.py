@@ -18,7 +18,8 @@ import pytest
 from proxykit import CALLER, UDP_IN, invite, make_proxy, reply
 from twisted.logger import formatEvent, globalLogPublisher
 
-from sipha.message import Request
+from sipha.dialog import Dialog
+from sipha.message import Request, parse_message
 from sipha.proxy import ProxyCore
 from sipha.service import GC_YOUNG_THRESHOLD, collect_old_garbage, tune_garbage_collector
 from sipha.transaction import Peer
@@ -156,6 +157,24 @@ def test_a_finished_call_is_freed_by_reference_counting(flow: Flow, saved_garbag
     assert not core.layer.clients
     gc.collect()
     assert Counter(type(o).__name__ for o in saved_garbage) == Counter()
+
+
+def _dialogs_of_the_call() -> int:
+    """How many Dialog objects of the flows' call (invite()'s Call-ID) are alive."""
+    call_id = parse_message(invite()).call_id
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o) is Dialog and o.call_id == call_id)
+
+
+def test_an_ended_call_is_freed_at_once_not_when_its_lifetime_would_end():
+    """Its dialog timer is due hours ahead: cancelled, it lets go of the call at once."""
+    core, clock, wire = make_proxy()
+    before = _dialogs_of_the_call()
+    answered_and_hung_up(core, wire.take, clock.advance)
+    assert _dialogs_of_the_call() == before + 1  # the BYE's transactions still hold it
+    clock.pump([1.0] * 100)
+    assert not core.layer.servers
+    assert _dialogs_of_the_call() == before
 
 
 def test_the_check_sees_a_cycle(saved_garbage):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 from twisted.internet.task import Clock
 
-from sipha.wheel import TimerWheel
+from sipha.wheel import Timer, TimerWheel
 
 
 def make_wheel() -> tuple[TimerWheel, Clock, list[str]]:
@@ -107,3 +109,37 @@ def test_seconds_is_the_clocks():
     wheel, clock, _ = make_wheel()
     clock.advance(12.5)
     assert wheel.seconds() == 12.5
+
+
+def test_a_cancelled_timer_lets_go_of_its_arguments_at_once():
+    """A call's dialog timer is due hours ahead: the call must not live that long."""
+    wheel, clock, fired = make_wheel()
+    held = [object()]
+    timer = wheel.callLater(43200, fired.append, held)
+    timer.cancel()
+    assert timer.args == ()
+    assert sys.getrefcount(held) == 2  # the name here and getrefcount's argument
+    clock.advance(43201)
+    assert fired == []
+
+
+def test_timers_due_hours_ahead_fire_at_the_next_whole_second():
+    wheel, clock, fired = make_wheel()
+    clock.advance(0.25)
+    wheel.callLater(3600, fired.append, "late")
+    wheel.callLater(3600.5, fired.append, "later")
+    clock.advance(3600.5)
+    assert fired == []
+    clock.advance(0.25)
+    assert fired == ["late", "later"]
+
+
+def test_a_timer_rearmed_by_a_bucket_mate_fires_at_its_new_time():
+    wheel, clock, fired = make_wheel()
+    moved: list[Timer] = []
+    wheel.callLater(1.0, lambda: moved[0].reset(1.0))
+    moved.append(wheel.callLater(1.0, fired.append, "moved"))
+    clock.advance(1.0)
+    assert fired == []
+    clock.advance(1.0)
+    assert fired == ["moved"]
