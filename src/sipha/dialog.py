@@ -280,6 +280,7 @@ class Dialogs:
         if dialog.state >= DialogState.CONFIRMED_NA:
             return
         dialog.state = DialogState.CONFIRMED_NA
+        dialog.branch = None  # only a ringing call's CANCEL takes it: memory per call
         dialog.to_tag = response.to_tag
         dialog.callee_contact = _contact_uri(response)
         dialog.callee_sock = callee_sock

@@ -126,7 +126,7 @@ MEMO_LIMIT: Final = 4096
 #: message to message and call to call, and a look-up is many times quicker than the
 #: grammar; like the header names, the set is bounded (it starts afresh when full),
 #: and long values are not kept.
-_PLAIN_URIS: dict[str, bool] = {}
+_PLAIN_URIS: dict[str, str] = {}
 #: Plain From and To values already read, as (URI, tag): every message of a call
 #: repeats them. Bounded and kept like _PLAIN_URIS.
 _TAGGED_VALUES: dict[str, tuple[str, str | None]] = {}
@@ -141,12 +141,19 @@ def remember(memo: dict[str, Any], text: str, value: object) -> None:
 
 
 def _is_plain_sip_uri(text: str) -> bool:
-    if text in _PLAIN_URIS:
-        return True
+    return _plain_sip_uri(text) is not None
+
+
+def _plain_sip_uri(text: str) -> str | None:
+    """``text`` if it is a plain SIP URI: the string first seen, which the calls that
+    keep it (a contact, a To URI) then share."""
+    known = _PLAIN_URIS.get(text)
+    if known is not None:
+        return known
     if _PLAIN_SIP_URI.fullmatch(text) is None:
-        return False
-    remember(_PLAIN_URIS, text, True)
-    return True
+        return None
+    remember(_PLAIN_URIS, text, text)
+    return text
 
 
 def _plain_tagged(text: str) -> tuple[str, str | None] | None:
@@ -472,8 +479,10 @@ def name_addr_uri(text: str) -> str:
     usual From, To and Contact values, which recur from message to message, are
     remembered.
     """
-    if text[:1] == "<" and text[-1:] == ">" and _is_plain_sip_uri(text[1:-1]):
-        return text[1:-1]
+    if text[:1] == "<" and text[-1:] == ">":
+        uri = _plain_sip_uri(text[1:-1])
+        if uri is not None:
+            return uri
     plain = _plain_tagged(text)
     return parse_name_addr(text).uri if plain is None else plain[0]
 
