@@ -8,9 +8,10 @@ dozen attributes for it. Here a timer is a small object in a bucket per
 tick: set, re-armed and cancelled in constant time, and only the earliest
 bucket has a call on the underlying clock.
 
-A cancelled or re-armed timer leaves its bucket at once and lets go of what
-it would have called: a call's dialog timer is due hours ahead, and the
-call's objects must not wait that long to be freed.
+A cancelled timer lets go at once of what it would have called. One due
+soon (a transaction's) stays in its bucket, skipped, until that tick comes;
+one due more than :data:`FINE_SECONDS` ahead (a call's lifetime, hours)
+leaves its bucket too, so that an ended call leaves nothing behind for hours.
 
 :class:`TimerWheel` is itself a clock (``seconds``/``callLater``) whose
 timers answer ``active``, ``cancel`` and ``reset`` like Twisted's
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from sipha.logs import Log
@@ -37,13 +38,14 @@ FINE_SECONDS: Final = 120.0
 
 
 class Timer:
-    """One pending call; its ``slot`` is the tick of the bucket it is in (0: none)."""
+    """One pending call; ``slot`` is the tick it fires at, ``far`` says which table holds it."""
 
-    __slots__ = ("wheel", "slot", "func", "args")
+    __slots__ = ("wheel", "slot", "far", "func", "args")
 
     def __init__(self, wheel: TimerWheel, func: Callable[..., Any], args: tuple[Any, ...]):
         self.wheel = wheel
         self.slot = 0
+        self.far = False
         self.func: Callable[..., Any] | None = func
         self.args = args
 
@@ -51,25 +53,27 @@ class Timer:
         return self.func is not None
 
     def cancel(self) -> None:
-        self.wheel._remove(self)
+        if self.far:
+            self.wheel._leave_far_bucket(self)
         self.func = None
         self.args = ()
 
     def reset(self, delay: float) -> None:
-        """Fire ``delay`` seconds from now instead."""
+        """Fire ``delay`` seconds from now instead (a near bucket's old entry goes stale)."""
         self.wheel._place(self, delay)
 
 
 class TimerWheel:
     """Buckets of timers per tick, and a heap of the ticks that have a bucket.
 
-    A bucket is a dict used as an ordered set: a timer leaves it in constant
-    time. One emptied that way goes too; its tick stays in the heap until due.
+    Near timers are appended to a list per tick, the cheapest there is; far
+    ones go in a dict per whole second, which a timer leaves in constant time.
     """
 
     def __init__(self, clock: Any):
         self.clock = clock
-        self._buckets: dict[int, dict[Timer, None]] = {}
+        self._near: dict[int, list[Timer]] = {}
+        self._far: dict[int, dict[Timer, None]] = {}
         self._slots: list[int] = []
         self._call: Any = None
         self._call_slot: int | None = None
@@ -85,28 +89,38 @@ class TimerWheel:
 
     def _place(self, timer: Timer, delay: float) -> None:
         slot = math.ceil((self.clock.seconds() + delay) * TICKS_PER_SECOND)
-        if delay > FINE_SECONDS:
+        far = delay > FINE_SECONDS
+        if far:
             slot = -(-slot // TICKS_PER_SECOND) * TICKS_PER_SECOND
-        if slot == timer.slot:
+        if slot == timer.slot and far == timer.far:
             return  # already in that bucket
-        self._remove(timer)
-        timer.slot = slot
-        bucket = self._buckets.get(slot)
-        if bucket is not None:
-            bucket[timer] = None
-            return
-        self._buckets[slot] = {timer: None}
+        if timer.far:
+            self._leave_far_bucket(timer)
+        timer.slot, timer.far = slot, far
+        if far:
+            far_bucket = self._far.get(slot)
+            if far_bucket is not None:
+                far_bucket[timer] = None
+                return
+            self._far[slot] = {timer: None}
+        else:
+            bucket = self._near.get(slot)
+            if bucket is not None:
+                bucket.append(timer)
+                return
+            self._near[slot] = [timer]
         heapq.heappush(self._slots, slot)
         if not self._firing and (self._call_slot is None or slot < self._call_slot):
             self._schedule(slot)
 
-    def _remove(self, timer: Timer) -> None:
-        bucket = self._buckets.get(timer.slot)
+    def _leave_far_bucket(self, timer: Timer) -> None:
+        """Out of its bucket; one left empty goes too (its tick stays in the heap until due)."""
+        bucket = self._far.get(timer.slot)
         if bucket is not None and timer in bucket:
             del bucket[timer]
             if not bucket:
-                del self._buckets[timer.slot]
-        timer.slot = 0
+                del self._far[timer.slot]
+        timer.far = False
 
     def _schedule(self, slot: int) -> None:
         if self._call is not None and self._call.active():
@@ -124,19 +138,23 @@ class TimerWheel:
         try:
             while self._slots and self._slots[0] <= now:
                 slot = heapq.heappop(self._slots)
-                # Out of the table before it runs: what its timers do to timers
-                # (cancel one of them, set one for now) changes the table only.
-                for timer in self._buckets.pop(slot, None) or ():
-                    func, args = timer.func, timer.args
-                    if func is None or timer.slot != slot:
-                        continue  # cancelled or re-armed by a timer that ran before it
-                    timer.func, timer.args, timer.slot = None, (), 0
-                    try:
-                        func(*args)
-                    except Exception:
-                        # One broken timer must not take its bucket-mates with it.
-                        log.failure("timer {func} failed", func=func)
+                # Out of the tables before they run: what a timer does to timers
+                # (cancel a bucket-mate, set one for now) changes the tables only.
+                self._run(slot, self._near.pop(slot, []))
+                self._run(slot, self._far.pop(slot, {}))
         finally:
             self._firing = False
             if self._slots:
                 self._schedule(self._slots[0])
+
+    def _run(self, slot: int, timers: Iterable[Timer]) -> None:
+        for timer in timers:
+            func, args = timer.func, timer.args
+            if func is None or timer.slot != slot:
+                continue  # cancelled, or re-armed to another tick
+            timer.func, timer.args, timer.far = None, (), False
+            try:
+                func(*args)
+            except Exception:
+                # One broken timer must not take its bucket-mates with it.
+                log.failure("timer {func} failed", func=func)
