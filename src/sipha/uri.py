@@ -122,10 +122,10 @@ _PLAIN_TAGGED: Final = re.compile(rf"(?:{_PLAIN_DISPLAY_NAME} ?)?<([^<>]*+)>(?:;
 #: Entries a memo of values already read holds before it starts afresh: bounded
 #: under a stream of made-up values.
 MEMO_LIMIT: Final = 4096
-#: URIs that matched _PLAIN_SIP_URI. Callers, callees, contacts and routes recur from
-#: message to message and call to call, and a look-up is many times quicker than the
-#: grammar; like the header names, the set is bounded (it starts afresh when full),
-#: and long values are not kept.
+#: URIs that matched _PLAIN_SIP_URI, each to the string first seen. Callers, callees,
+#: contacts and routes recur from message to message and call to call, and a look-up
+#: is many times quicker than the grammar; like the header names, the memo is bounded
+#: (it starts afresh when full), and long values are not kept.
 _PLAIN_URIS: dict[str, str] = {}
 #: Plain From and To values already read, as (URI, tag): every message of a call
 #: repeats them. Bounded and kept like _PLAIN_URIS.
@@ -162,9 +162,10 @@ def _plain_tagged(text: str) -> tuple[str, str | None] | None:
     if known is not None:
         return known
     plain = _PLAIN_TAGGED.fullmatch(text)
-    if plain is None or not _is_plain_sip_uri(plain[1]):
+    uri = None if plain is None else _plain_sip_uri(plain[1])
+    if plain is None or uri is None:
         return None
-    found = (plain[1], plain[2])
+    found = (uri, plain[2])
     remember(_TAGGED_VALUES, text, found)
     return found
 
