@@ -650,7 +650,7 @@ def parse_message(
         message.body = _body(fields.get("content-length"), body, stream)
         _read_core_fields(message, fields)
         if request is None:
-            _read_vias(message, vias[:1])
+            _read_top_via(message, vias)
         else:
             _read_vias(message, vias)
             _check_routing_lists(lists)
@@ -808,8 +808,24 @@ def _tag(value: str | None, name: str) -> str | None:
         raise ParseError(f"Bad {name}: {exc}") from None
 
 
+def _read_top_via(response: Message, vias: list[str]) -> None:
+    """Keep a response's top Via parsed: it matches the response to its transaction.
+
+    The Vias under it are only relayed, as they came: they are the next hops' to read.
+    """
+    if not vias:
+        raise ParseError("Missing Via")
+    line = vias[0]
+    top, comma, _ = line.partition(",")
+    if comma and '"' in top:  # the comma may be inside a quoted parameter value
+        top = comma_items(line)[0]
+    if not top.strip(" \t"):
+        raise ParseError("Empty Via value")
+    response._via = parse_via(top)
+
+
 def _read_vias(message: Message, vias: list[str]) -> None:
-    """Check Via lines (of a response, only the first) and keep the top Via parsed."""
+    """Check a request's Via lines and keep its top Via parsed."""
     if not vias:
         raise ParseError("Missing Via")
     for value in vias:

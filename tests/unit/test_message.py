@@ -1308,6 +1308,39 @@ def test_pop_first_keeps_the_rest_of_a_comma_list() -> None:
     assert request.pop_first("route") is None
 
 
+@pytest.mark.parametrize(
+    ("line", "host", "branch"),
+    [
+        # Media servers join the Vias they echo into one line (sipp's [last_Via:]).
+        ("SIP/2.0/UDP a:5060;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2", "a", "z9hG4bK1"),
+        ('SIP/2.0/UDP a;x="1,2";branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2', "a", "z9hG4bK1"),
+        ("SIP/2.0/UDP a ;branch=z9hG4bK1 , SIP/2.0/UDP b", "a", "z9hG4bK1"),
+        # Under the top one, a Via is the next hop's to read: relayed as it came.
+        ("SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/NOVEL", "a", "z9hG4bK1"),
+        ("SIP/2.0/UDP a;branch=z9hG4bK1,,", "a", "z9hG4bK1"),
+    ],
+)
+def test_a_response_reads_its_top_via_only(line: str, host: str, branch: str) -> None:
+    response = parse_response(sip("SIP/2.0 200 OK", f"Via: {line}", *OPTIONS[2:]))
+    assert (response.top_via.host, response.top_via.branch) == (host, branch)
+    assert response.pop_first("via") is not None
+    assert response.serialize().count(b"Via: ") == (line.count("SIP/2.0") > 1)
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (",", "Empty Via value"),
+        (" , SIP/2.0/UDP b;branch=z9hG4bK2", "Empty Via value"),
+        ("SIP/2.0/NOVEL, SIP/2.0/UDP b;branch=z9hG4bK2", "Bad Via"),
+        ('SIP/2.0/UDP a;x="1,2, SIP/2.0/UDP b', "Bad Via"),
+    ],
+)
+def test_a_response_with_a_broken_top_via_is_refused(line: str, problem: str) -> None:
+    with pytest.raises(ParseError, match=problem):
+        parse_response(sip("SIP/2.0 200 OK", f"Via: {line}", *OPTIONS[2:]))
+
+
 def test_replace_top_via() -> None:
     """§18.2.1 and RFC 3581: received/rport are written into the top Via only."""
     request = parse_request(
