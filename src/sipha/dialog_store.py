@@ -284,6 +284,12 @@ class DialogStore:
         key = (dialog.h_entry, dialog.h_id)
         return key in self._queue or any(entry[0] == key for entry in self._in_flight or ())
 
+    @property
+    def follows_changes(self) -> bool:
+        """Does it write each change as the calls go (modes 1 and 2)? Modes 0 and 3 need
+        not hear of them: mode 3 writes what is live at stop, mode 0 nothing."""
+        return self.mode in (REALTIME, DELAYED)
+
     # -- DialogObserver -------------------------------------------------------------------
 
     def changed(self, dialog: Dialog) -> None:
@@ -313,7 +319,7 @@ class DialogStore:
     def _accepting(self) -> bool:
         # Out of sync, changes are not queued: the resynchronisation reads memory.
         return (
-            self.mode in (REALTIME, DELAYED)
+            self.follows_changes
             and not self._closed
             and not self._out_of_sync
             and not self._suspended

@@ -280,7 +280,7 @@ class SIPService(service.MultiService):
             tables_loaded=lambda: _when_done(self._tables),
             wait=self.database.wait,
         )
-        core.dialogs.observers = (self.store,)
+        core.dialogs.observers = (self.store,) if self.store.follows_changes else ()
         if config.ha.peer:
             self._link(self.ha)
         # Linux doubles the buffer asked for; stay below what it can hold.

@@ -427,6 +427,13 @@ def test_a_change_to_a_queued_dialog_never_counts_against_the_bound():
 # -- the other modes ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("mode", "follows"), [(0, False), (1, True), (2, True), (3, False)])
+def test_only_modes_1_and_2_need_to_hear_of_each_change(mode, follows):
+    """The service leaves the store out of the dialogs' observers otherwise."""
+    store, _, _ = make(mode)
+    assert store.follows_changes is follows
+
+
 def test_mode_0_writes_nothing_and_loads_nothing():
     store, database, clock = make(0)
     store.changed(call(1))
