@@ -270,7 +270,9 @@ def write_report(path: Path, results: Results) -> None:
             "## Where the core's time goes",
             "",
             "`bench/profile_core.py` feeds whole calls (INVITE, 100, 180, 200, ACK, BYE, 200) "
-            "to the sans-IO core without sockets, on each build, under `py-spy record "
+            "to the sans-IO core without sockets, on a clock of its own at 2,000 calls per "
+            "second with a 1 s hold (so the timers fire and calls overlap as live), on each "
+            "build, under `py-spy record "
             "--native` on the proxy's CPU. *Self* is the share of the samples inside the core "
             "taken in the function itself, *Total* with what it calls. mypyc's functions are "
             "C functions named `CPyDef_module___function`; py-spy gives the time of C code "

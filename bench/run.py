@@ -952,9 +952,10 @@ def bench_memory(plan: Plan, rate: int, databases: Databases, workdir: Path,
 # --------------------------------------------------------------------------- profile
 
 PROFILE_CALLS = 20000
-#: The frame of bench/profile_core.py that hands each message to the core: samples
-#: outside it (imports, building the test's messages) are not the core's.
-CORE_FRAME = "main.<locals>.feed"
+#: The frames of bench/profile_core.py that hand each message to the core and advance
+#: its clock (the timers fire there): samples outside them (imports, building the
+#: test's messages) are not the core's.
+CORE_FRAMES = ("main.<locals>.feed (", "main.<locals>.elapse (")
 PROFILE_ROWS = 25
 
 
@@ -988,7 +989,7 @@ def _hot_functions(profile: Profile, raw: Path) -> Profile:
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = [_frame_name(frame) for frame in stack.split(";")]
-        at = next((i for i, name in enumerate(frames) if name.startswith(f"{CORE_FRAME} (")), None)
+        at = next((i for i, name in enumerate(frames) if name.startswith(CORE_FRAMES)), None)
         if at is None:
             continue
         samples = int(count)
