@@ -152,18 +152,20 @@ def tune_garbage_collector() -> None:
     live object: with thousands of calls in progress that stalls signalling for
     100 ms and more. sipha's calls free themselves by reference counting
     (tests/unit/test_garbage.py), so the collector here scans young objects
-    only, each at most twice, and never the long-lived ones on its own: the
-    calls in progress, and what was alive at start-up (frozen out of every
-    scan). :func:`collect_old_garbage` looks for cycles among those hourly.
+    only, once, and never the long-lived ones on its own: what outlives a young
+    collection is a transaction or a call in progress, which a second scan would
+    find alive again (bench/profile_core.py: that scan took two thirds of the
+    collector's time). Nor is what was alive at start-up scanned: it is frozen.
+    :func:`collect_old_garbage` looks for cycles among the old objects hourly.
     """
     gc.collect()  # start-up garbage first: a frozen object is never collected
     gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 1, GC_NEVER)
+    gc.set_threshold(GC_YOUNG_THRESHOLD, GC_NEVER, GC_NEVER)
 
 
 #: A young collection runs once this many more container objects are alive.
 GC_YOUNG_THRESHOLD = 2500
-#: A threshold no count reaches: the oldest generation is never collected automatically.
+#: A threshold no count reaches: the older generations are never collected automatically.
 GC_NEVER = 2**31 - 1
 #: Seconds between full collections.
 GC_FULL_INTERVAL = 3600.0
