@@ -19,8 +19,18 @@ from typing import Any
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 #: The modules between the socket and the route: parsing, transactions, dialogs,
-#: balancing, timers and the proxy core itself.
-CORE_MODULES = ("message", "uri", "wheel", "transaction", "dialog", "balancer", "routing", "proxy")
+#: balancing, timers, the flood limit every message passes (pike) and the proxy core.
+CORE_MODULES = (
+    "message",
+    "uri",
+    "wheel",
+    "transaction",
+    "dialog",
+    "balancer",
+    "routing",
+    "proxy",
+    "pike",
+)
 
 #: Run in a copy of the package: mypyc writes its C files and extensions beside the sources.
 _BUILD = """
