@@ -576,13 +576,12 @@ def _read_headers(text: str) -> tuple[list[tuple[str, str, str]], str | None]:
     headers = []
     lines = text.split("\n")
     for i in range(1, len(lines)):
-        line = lines[i]
-        colon = line.find(":")
-        known = names.get(line[:colon]) if colon >= 0 else None
+        name, colon, value = lines[i].partition(":")
+        known = names.get(name) if colon else None
         if known is None:
             return _parse_headers(_header_lines(text))
         # A CR left before the LF is stripped with the value's white space.
-        headers.append((known[0], known[1], line[colon + 1 :].strip()))
+        headers.append((known[0], known[1], value.strip()))
     return headers, None
 
 
@@ -767,6 +766,8 @@ def _fields(
 
 
 _CSEQ: Final = re.compile(rf"([0-9]++)[ \t]++({TOKEN})")
+#: CSeq values read (number and method): a call's messages repeat a few of them.
+_CSEQS: dict[str, tuple[int, str]] = {}
 
 
 def _read_core_fields(message: Message, fields: dict[str, str]) -> None:
@@ -782,12 +783,8 @@ def _read_core_fields(message: Message, fields: dict[str, str]) -> None:
     cseq = fields.get("cseq")
     if cseq is None:
         raise ParseError("Missing CSeq")
-    found = _CSEQ.fullmatch(cseq)
-    # §8.1.1.5: a 32-bit unsigned number (RFC 4475 §3.1.2.4).
-    if found is None or len(found[1]) > 10 or int(found[1]) >= 1 << 32:
-        raise ParseError("Bad CSeq")
-    message.cseq, message.cseq_method = int(found[1]), found[2]
-    if isinstance(message, Request) and found[2] != message.method:
+    message.cseq, message.cseq_method = _CSEQS.get(cseq) or _read_cseq(cseq)
+    if isinstance(message, Request) and message.cseq_method != message.method:
         raise ParseError("CSeq method does not match request method")
     message.from_tag = _tag(fields.get("from"), "From")
     message.to_tag = _tag(fields.get("to"), "To")
@@ -797,6 +794,16 @@ def _read_core_fields(message: Message, fields: dict[str, str]) -> None:
         _is_number(max_forwards) and len(max_forwards.lstrip("0")) < 10
     ):
         raise ParseError("Bad Max-Forwards")
+
+
+def _read_cseq(text: str) -> tuple[int, str]:
+    found = _CSEQ.fullmatch(text)
+    # §8.1.1.5: a 32-bit unsigned number (RFC 4475 §3.1.2.4).
+    if found is None or len(found[1]) > 10 or int(found[1]) >= 1 << 32:
+        raise ParseError("Bad CSeq")
+    cseq = (int(found[1]), found[2])
+    remember(_CSEQS, text, cseq)
+    return cseq
 
 
 def _tag(value: str | None, name: str) -> str | None:
