@@ -9,7 +9,7 @@ from twisted.internet import reactor, task
 
 from sipha.config import ListenAddress
 from sipha.transaction import Peer
-from sipha.transport import Transports
+from sipha.transport import UDP_SEND_BATCH, Transports
 
 BYE = b"BYE sip:alice@127.0.0.1 SIP/2.0\r\nContent-Length: 0\r\n\r\n"
 
@@ -43,3 +43,64 @@ async def test_a_request_to_a_tcp_client_opens_a_connection_from_the_listeners_a
     finally:
         client.close()
         await transports.stop()
+
+
+def _receiver() -> socket.socket:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+    return receiver
+
+
+def _arrived(receiver: socket.socket) -> list[bytes]:
+    datagrams = []
+    while True:
+        try:
+            datagrams.append(receiver.recv(65535))
+        except BlockingIOError:
+            return datagrams
+
+
+def _udp_transports() -> tuple[Transports, ListenAddress]:
+    transports = Transports(reactor)
+    listener = transports.listen(ListenAddress("udp", "127.0.0.1", 0), 65536)
+    return transports, listener
+
+
+@pytest_twisted.ensureDeferred
+async def test_datagrams_go_out_together_once_the_reactor_is_done_with_what_came_in():
+    """Sent in the order given, after the handling of the messages that were ready."""
+    transports, listener = _udp_transports()
+    receiver = _receiver()
+    peer = Peer("udp", "127.0.0.1", receiver.getsockname()[1])
+    try:
+        for n in range(3):
+            transports.send(b"datagram %d" % n, peer, listener)
+        assert _arrived(receiver) == []
+        await task.deferLater(reactor, 0, lambda: None)
+        assert _arrived(receiver) == [b"datagram 0", b"datagram 1", b"datagram 2"]
+    finally:
+        receiver.close()
+        await transports.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_batch_of_datagrams_and_stopping_send_at_once():
+    transports, listener = _udp_transports()
+    receiver = _receiver()
+    peer = Peer("udp", "127.0.0.1", receiver.getsockname()[1])
+    try:
+        for n in range(UDP_SEND_BATCH - 1):
+            transports.send(b"%d" % n, peer, listener)
+        assert _arrived(receiver) == []  # held: the reactor has not turned
+        transports.send(b"last", peer, listener)
+        arrived = _arrived(receiver)
+        assert len(arrived) == UDP_SEND_BATCH
+        assert arrived[-1] == b"last"
+        transports.send(b"at stop", peer, listener)
+    finally:
+        await transports.stop()
+    try:
+        assert _arrived(receiver) == [b"at stop"]
+    finally:
+        receiver.close()
