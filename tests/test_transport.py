@@ -61,18 +61,18 @@ def _arrived(receiver: socket.socket) -> list[bytes]:
             return datagrams
 
 
-def _udp_transports() -> tuple[Transports, ListenAddress]:
+def _udp_pair() -> tuple[Transports, ListenAddress, socket.socket, Peer]:
+    """sipha's UDP transports and a socket to send to, with its address as a peer."""
     transports = Transports(reactor)
     listener = transports.listen(ListenAddress("udp", "127.0.0.1", 0), 65536)
-    return transports, listener
+    receiver = _receiver()
+    return transports, listener, receiver, Peer("udp", "127.0.0.1", receiver.getsockname()[1])
 
 
 @pytest_twisted.ensureDeferred
 async def test_datagrams_go_out_together_once_the_reactor_is_done_with_what_came_in():
     """Sent in the order given, after the handling of the messages that were ready."""
-    transports, listener = _udp_transports()
-    receiver = _receiver()
-    peer = Peer("udp", "127.0.0.1", receiver.getsockname()[1])
+    transports, listener, receiver, peer = _udp_pair()
     try:
         for n in range(3):
             transports.send(b"datagram %d" % n, peer, listener)
@@ -86,9 +86,7 @@ async def test_datagrams_go_out_together_once_the_reactor_is_done_with_what_came
 
 @pytest_twisted.ensureDeferred
 async def test_a_full_batch_of_datagrams_and_stopping_send_at_once():
-    transports, listener = _udp_transports()
-    receiver = _receiver()
-    peer = Peer("udp", "127.0.0.1", receiver.getsockname()[1])
+    transports, listener, receiver, peer = _udp_pair()
     try:
         for n in range(UDP_SEND_BATCH - 1):
             transports.send(b"%d" % n, peer, listener)
