@@ -1124,37 +1124,42 @@ def _path_entry(outbound: Any, source: Peer) -> str:
 
 
 class OverloadGuard:
-    """When to refuse new calls: past ``high`` queued bytes, until back under ``low``.
+    """When to refuse new calls: once datagrams wait ``high`` seconds to be read, or the
+    receive queue overflows, until they wait less than ``low`` again.
 
-    The measure is the UDP receive queue: once sipha reads datagrams more
-    slowly than they come, the queue grows, every message waits longer, and
-    past T1 the callers' retransmissions add to the load until nearly every
-    call fails. Refusing new calls early keeps the ones in progress going.
+    Once sipha reads datagrams more slowly than they come, every message waits
+    longer, and past T1 the callers' retransmissions add to the load until
+    nearly every call fails. Refusing new calls early keeps the ones in
+    progress going. A burst that sipha drains well within T1 is left alone.
 
-    The queue counts in proportion to the messages that were work since the
+    Both signals count in proportion to the messages that were work since the
     last reading: a flood that pike refuses unparsed fills the queue, but it
     drains some hundred times faster than calls do, and refusing customers'
     calls for it would do the flood's work for it.
     """
 
-    def __init__(self, high: int, low: int):
+    def __init__(self, high: float, low: float):
         self.high = high
         self.low = low
         self.overloaded = False
-        self._worked = self._refused = 0
+        self._worked = self._refused = self._dropped = 0
 
-    def update(self, queued: int, worked: int = 0, refused: int = 0) -> bool:
+    def update(self, waited: float, dropped: int = 0, worked: int = 0, refused: int = 0) -> bool:
         """Take a new reading; True while new calls should be refused.
 
-        ``worked`` and ``refused`` are running totals of messages handled and
-        of messages refused unparsed (:meth:`ProxyCore.message_counts`).
+        ``waited`` is how long the oldest datagram waiting has waited; ``dropped``,
+        ``worked`` and ``refused`` are running totals of datagrams the kernel dropped,
+        of messages handled and of messages refused unparsed
+        (:meth:`ProxyCore.message_counts`).
         """
         new_worked, new_refused = worked - self._worked, refused - self._refused
-        self._worked, self._refused = worked, refused
+        overflowed = dropped > self._dropped
+        self._worked, self._refused, self._dropped = worked, refused, dropped
+        backlog = max(waited, self.high) if overflowed else waited
         if new_refused > 0:
-            queued = queued * new_worked // (new_worked + new_refused)
-        if queued >= self.high:
+            backlog = backlog * new_worked / (new_worked + new_refused)
+        if backlog >= self.high:
             self.overloaded = True
-        elif queued <= self.low:
+        elif backlog <= self.low:
             self.overloaded = False
         return self.overloaded

@@ -171,10 +171,10 @@ GC_NEVER = 2**31 - 1
 GC_FULL_INTERVAL = 3600.0
 #: Seconds between two attempts to load the tables at start (doubling), while the database is away.
 TABLES_RETRY = (0.5, 10.0)
-#: Receive-queue bytes (kernel accounting, about 1.3 KB a datagram) past which
-#: new calls are refused: some 6,400 messages, about half a second of work at
-#: full load, when the callers' retransmissions (T1) start to add to it.
-OVERLOAD_QUEUE = 8 * 1024 * 1024
+#: Seconds a datagram may wait to be read before new calls are refused (half of
+#: T1, when the callers' retransmissions start to add to the load), and under
+#: which they are taken again.
+OVERLOAD_WAIT = (0.25, 0.05)
 #: Seconds between two readings of the receive queue.
 OVERLOAD_CHECK_INTERVAL = 0.1
 #: Seconds between two sweeps of the sources pike no longer hears from.
@@ -285,12 +285,10 @@ class SIPService(service.MultiService):
         core.dialogs.observers = (self.store,) if self.store.follows_changes else ()
         if config.ha.peer:
             self._link(self.ha)
-        # Linux doubles the buffer asked for; stay below what it can hold.
-        high = min(OVERLOAD_QUEUE, config.proxy.udp_receive_buffer)
         for interval, call, args in (
             (GC_FULL_INTERVAL, collect_old_garbage, ()),
             (PIKE_EXPIRY_INTERVAL, self._expire_pike, ()),
-            (OVERLOAD_CHECK_INTERVAL, self._watch_overload, (OverloadGuard(high, high // 8),)),
+            (OVERLOAD_CHECK_INTERVAL, self._watch_overload, (OverloadGuard(*OVERLOAD_WAIT),)),
         ):
             timer = internet.TimerService(interval, call, *args)
             timer.clock = reactor
@@ -445,14 +443,16 @@ class SIPService(service.MultiService):
         """Refuse new calls while the receive queue is backed up (see OverloadGuard)."""
         assert self.transports is not None
         assert self.core is not None
-        queued = self.transports.receive_backlog()
-        if guard.update(queued, *self.core.message_counts()) == self.core.shedding:
+        waited, dropped = self.transports.receive_backlog()
+        if guard.update(waited, dropped, *self.core.message_counts()) == self.core.shedding:
             return
         self.core.shedding = guard.overloaded
         if guard.overloaded:
             log.warn(
-                "overloaded: {queued} bytes wait in the receive queue; new calls get 503",
-                queued=queued,
+                "overloaded: datagrams wait {waited:.0f} ms to be read, {dropped} dropped in all;"
+                " new calls get 503",
+                waited=waited * 1000,
+                dropped=dropped,
             )
         else:
             log.info("receive queue drained: taking new calls again")

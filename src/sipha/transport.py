@@ -14,6 +14,7 @@ from __future__ import annotations
 import resource
 import socket
 import struct
+import time
 from collections import Counter
 from typing import Any
 
@@ -57,19 +58,36 @@ def set_receive_buffer(sock: socket.socket, size: int) -> int:
     return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
 
 
-# Linux: the socket's memory counters; the first is what its receive queue holds.
+# Linux: the kernel stamps each datagram as it arrives, so peeking at the oldest
+# one in a receive queue tells how long it has waited.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("qq")
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+# Linux: the socket's memory counters; the last is the datagrams it dropped, full.
 SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
 _MEMINFO = struct.Struct("9I")
 
 
-def queued_bytes(sock: socket.socket) -> int:
-    """Bytes waiting in a socket's receive queue (kernel accounting); 0 where unknown."""
+def receive_queue(sock: socket.socket, now: float) -> tuple[float, int]:
+    """How long the oldest datagram waiting in ``sock`` has waited (0.0 for none), and
+    how many datagrams the kernel has dropped so far because the queue was full.
+
+    Waiting time, not bytes, is what callers feel: past T1 they retransmit.
+    """
+    waited = 0.0
     try:
-        return int(
-            _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))[0]
-        )
+        _, ancillary, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(_TIMESPEC.size), _PEEK)
+    except OSError:  # nothing waits (or an ICMP error, which the next read reports)
+        ancillary = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            waited = max(0.0, now - seconds - nanoseconds / 1e9)
+    try:
+        dropped = _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))[8]
     except (OSError, struct.error):
-        return 0
+        dropped = 0
+    return waited, int(dropped)
 
 
 # Linux: bind an address this host does not have (yet): the virtual IP, on the standby.
@@ -98,6 +116,7 @@ def bind_socket(listener: ListenAddress, receive_buffer: int) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
         if udp:
             set_receive_buffer(sock, receive_buffer)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # for receive_queue
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((listener.host, listener.port))
@@ -334,9 +353,12 @@ class Transports:
         log.info("sipha listening on {listener}", listener=listener)
         return listener
 
-    def receive_backlog(self) -> int:
-        """The longest receive queue of sipha's UDP sockets, in bytes."""
-        return max((queued_bytes(port.socket) for port in self.udp.values()), default=0)
+    def receive_backlog(self) -> tuple[float, int]:
+        """Of sipha's UDP sockets: the longest a datagram has waited to be read, in
+        seconds, and the datagrams dropped so far because a queue was full."""
+        now = time.time()  # the kernel's stamps are wall-clock time
+        queues = [receive_queue(port.socket, now) for port in self.udp.values()]
+        return max((waited for waited, _ in queues), default=0.0), sum(d for _, d in queues)
 
     def flush(self) -> None:
         """Send the datagrams held while the reactor read what had arrived.
