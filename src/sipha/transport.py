@@ -84,10 +84,10 @@ def receive_queue(sock: socket.socket, now: float) -> tuple[float, int]:
             seconds, nanoseconds = _TIMESPEC.unpack_from(data)
             waited = max(0.0, now - seconds - nanoseconds / 1e9)
     try:
-        dropped = _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))[8]
+        meminfo = _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))
     except (OSError, struct.error):
-        dropped = 0
-    return waited, int(dropped)
+        return waited, 0
+    return waited, meminfo[-1]
 
 
 # Linux: bind an address this host does not have (yet): the virtual IP, on the standby.
