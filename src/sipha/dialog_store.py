@@ -21,7 +21,8 @@ column, say) is found by writing the failed batch one row at a time, and only
 that row is dropped, with a log line.
 
 The modes are OpenSIPS's ``db_mode``: 0 no database; 1 real time (written as
-soon as the previous write is done); 2 delayed (coalesced and written every
+soon as the previous write is done, the changes of ``gather`` seconds in one
+transaction); 2 delayed (coalesced and written every
 ``update_period`` seconds; deletions at once, as in OpenSIPS, so a takeover
 never restores a call that has ended); 3 at shutdown only (at start-up the
 rows are read and removed, as in OpenSIPS).
@@ -203,6 +204,9 @@ class DialogStore:
     :class:`~sipha.dialog.Dialogs` registry (it may be set after
     construction). ``batch`` caps the rows of one transaction; ``retry_min``
     doubles up to ``retry_max`` between attempts while the database is away.
+    ``gather`` is how long a write waits for more changes to join it while
+    fewer than ``batch`` are queued: a transaction costs the proxy's thread
+    far more than a row, and a call that ends meanwhile is never written.
     """
 
     def __init__(
@@ -217,6 +221,7 @@ class DialogStore:
         batch: int = 100,
         retry_min: float = 0.5,
         retry_max: float = 5.0,
+        gather: float = 0.0,
     ):
         if mode not in (NO_DB, REALTIME, DELAYED, SHUTDOWN):
             raise ValueError(f"db_mode must be 0, 1, 2 or 3, got {mode!r}")
@@ -229,6 +234,7 @@ class DialogStore:
         self.batch = batch
         self.retry_min = retry_min
         self.retry_max = retry_max
+        self.gather = gather
         self.written = self.errors = self.overflows = self.replayed = 0
         #: The last outage once over: when it began, how long, writes waiting, written since.
         self.last_outage: dict[str, float] | None = None
@@ -420,11 +426,18 @@ class DialogStore:
             return
         if self.mode == DELAYED and self._queue and self._period is None and not self._stopping:
             self._period = self.clock.callLater(self.update_period, self._tick)
-        if self._in_flight is not None or self._wakeup is not None:
+        if self._in_flight is not None:
+            return
+        full = self._stopping or len(self._queue) >= self.batch
+        wakeup = self._wakeup
+        if wakeup is not None:
+            if full and not self._backoff and wakeup.getTime() > self.clock.seconds():
+                wakeup.reset(0)  # a gathering write has company enough
             return
         if self._out_of_sync or self._ready():
-            # Not at once: changes made in the same reactor turn join the batch.
-            self._wakeup = self.clock.callLater(0, self._write)
+            # Not at once: changes made in the same reactor turn join the batch,
+            # and those of the next ``gather`` seconds unless a batch is full.
+            self._wakeup = self.clock.callLater(0 if full else self.gather, self._write)
         else:
             self._idle()
 

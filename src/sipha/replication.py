@@ -70,8 +70,7 @@ def _line(*fields: Any) -> bytes:
 
 
 def encode_dialog(dialog: Dialog) -> bytes:
-    row = dialog_row(dialog)
-    return _line("d", dialog.branch, *(getattr(row, column) for column in DIALOG_COLUMNS))
+    return _line("d", dialog.branch, *dialog_row(dialog).values())
 
 
 class Outbox:

@@ -176,6 +176,28 @@ def test_one_write_in_flight_and_what_changes_meanwhile_follows_it():
     assert described(database.finish()) == ["+2", "+1/4"]
 
 
+def test_a_write_gathers_the_changes_of_its_window_unless_a_batch_is_full():
+    store, database, clock = make(gather=0.02, batch=3)
+    one, two = call(1), call(2)
+    store.changed(one)
+    clock.advance(0.01)
+    assert database.pending == []  # waiting for company
+    store.changed(two)
+    one.state = DialogState.CONFIRMED
+    store.changed(one)
+    clock.advance(0.01)
+    assert described(database.finish()) == ["+1/4", "+2"]
+    short = call(3)
+    store.changed(short)
+    store.deleted(short)  # a call over within the window is never written
+    clock.advance(0.02)
+    assert database.pending == []
+    for n in (4, 5, 6):
+        store.changed(call(n))
+    clock.advance(0)  # a full batch does not wait
+    assert described(database.finish()) == ["+4", "+5", "+6"]
+
+
 def test_a_dialog_ended_before_its_write_costs_nothing_but_a_written_row_is_deleted():
     store, database, clock = make()
     short, long = call(1), call(2)
