@@ -97,12 +97,16 @@ def main() -> None:
 
     def set_up(n: int) -> tuple[str, str, Peer]:
         call_id = f"call-{n}@192.0.2.10"
-        feed(invite(call_id=call_id, branch=f"z9hG4bK-i{n}", body=SDP), CALLER)
+        # Each call's own tags, as callers and media servers write them.
+        feed(
+            invite(call_id=call_id, from_tag=f"{n}caller", branch=f"z9hG4bK-i{n}", body=SDP),
+            CALLER,
+        )
         data, peer = outbox[-1]
         outbox.clear()
         forwarded = parse_message(data)
         for status in (100, 180, 200):
-            feed(reply(forwarded, status), peer)
+            feed(reply(forwarded, status, to_tag=f"{n}callee"), peer)
         route = forwarded.get("record-route")
         assert route is not None
         feed(
@@ -110,7 +114,8 @@ def main() -> None:
                 method="ACK",
                 uri="sip:fs@127.0.0.1:5071",
                 call_id=call_id,
-                to_tag="uas-1",
+                from_tag=f"{n}caller",
+                to_tag=f"{n}callee",
                 branch=f"z9hG4bK-a{n}",
                 routes=(route,),
             ),
@@ -127,14 +132,15 @@ def main() -> None:
                 uri="sip:fs@127.0.0.1:5071",
                 call_id=call_id,
                 cseq=2,
-                to_tag="uas-1",
+                from_tag=f"{n}caller",
+                to_tag=f"{n}callee",
                 branch=f"z9hG4bK-b{n}",
                 routes=(route,),
             ),
             CALLER,
         )
         bye = parse_message(outbox[-1][0])
-        feed(reply(bye, 200), peer, flush=True)
+        feed(reply(bye, 200, to_tag=f"{n}callee"), peer, flush=True)
         outbox.clear()
 
     held = int(args.rate * args.hold)  # calls up at once

@@ -189,7 +189,8 @@ def _is_addr_spec(uri: str) -> bool:
 
 
 def is_token(text: str) -> bool:
-    return _TOKEN.fullmatch(text) is not None
+    # ASCII letters and digits alone, as every method and most tags are, need no pattern.
+    return (text.isascii() and text.isalnum()) or _TOKEN.fullmatch(text) is not None
 
 
 def params_dict(text: str) -> dict[str, str | None]:

@@ -74,6 +74,7 @@ def invite(
     branch: str = "z9hG4bK-caller-1",
     call_id: str = "call-1@192.0.2.10",
     cseq: int = 1,
+    from_tag: str = "from-1",
     to_tag: str | None = None,
     routes: tuple[str, ...] = (),
     max_forwards: str | None = "70",
@@ -85,7 +86,7 @@ def invite(
     lines = [
         f"{method} {uri} SIP/2.0",
         via or f"Via: SIP/2.0/UDP 192.0.2.10:5062;branch={branch}",
-        'From: "caller" <sip:alice@192.0.2.10:5062>;tag=from-1',
+        f'From: "caller" <sip:alice@192.0.2.10:5062>;tag={from_tag}',
         f"To: <sip:service@127.0.0.1:5060>{f';tag={to_tag}' if to_tag else ''}",
         f"Call-ID: {call_id}",
         f"CSeq: {cseq} {method}",
