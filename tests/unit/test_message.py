@@ -538,6 +538,19 @@ def test_bare_lf_head_with_crlfcrlf_in_body() -> None:
     assert request.get("content-type") == "multipart/mixed;boundary=b"
 
 
+@given(st.lists(st.sampled_from([b"a", b":", b"\r", b"\n", b"\r\n"]), max_size=24).map(b"".join))
+def test_the_head_ends_at_the_first_empty_line_whatever_the_line_ends(data: bytes) -> None:
+    """The head ends at the first line, read up to its LF, that is empty or a bare CR."""
+    lines = data.split(b"\n")
+    empty = next((i for i in range(1, len(lines) - 1) if lines[i] in (b"", b"\r")), None)
+    head, body = message_module._split_head(data)
+    if empty is None:
+        assert (head, body) == (data.rstrip(b"\r\n"), b"")
+    else:
+        assert body == b"\n".join(lines[empty + 1 :])
+        assert head == b"\n".join(lines[:empty]).removesuffix(b"\r")
+
+
 def test_lower_case_version_and_leading_crlfs_are_read() -> None:
     """§7.1: the version is case-insensitive; §7.5: CRLFs before the start line are skipped."""
     data = sip(*OPTIONS)
