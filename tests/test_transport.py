@@ -102,3 +102,36 @@ async def test_a_full_batch_of_datagrams_and_stopping_send_at_once():
         assert _arrived(receiver) == [b"at stop"]
     finally:
         receiver.close()
+
+
+class _EchoCore:
+    """Answers each datagram to its sender, and notes what the sender had got by then."""
+
+    def __init__(self, transports: Transports, sender: socket.socket):
+        self.transports = transports
+        self.sender = sender
+        self.seen_by_sender: list[list[bytes]] = []
+
+    def receive(self, data: bytes, peer: Peer, local: ListenAddress) -> None:
+        if data == b"broken":
+            raise ValueError("a message the core cannot handle")
+        self.seen_by_sender.append(_arrived(self.sender))
+        self.transports.send(b"re: " + data, peer, local)
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_one_read_brings_is_answered_once_all_of_it_is_handled():
+    """Every datagram waiting is handled in one turn, a broken one without stopping
+    the others, and the answers leave together at its end."""
+    transports, listener, sender, _ = _udp_pair()
+    core = transports.core = _EchoCore(transports, sender)
+    try:
+        for data in (b"one", b"broken", b"two", b"three"):
+            sender.sendto(data, (listener.host, listener.port))
+        transports.udp[listener].doRead()  # the reactor's turn: the socket is readable
+        assert core.seen_by_sender == [[], [], []]
+        # Sent already: not left for a later turn of the reactor.
+        assert _arrived(sender) == [b"re: one", b"re: two", b"re: three"]
+    finally:
+        sender.close()
+        await transports.stop()

@@ -20,10 +20,11 @@ from typing import Any
 
 from twisted.internet import protocol
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IReadDescriptor
 from twisted.logger import LogLevel
 from twisted.protocols import policies
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 from sipha.config import LimitsConfig, ListenAddress
 from sipha.logs import Log
@@ -37,6 +38,9 @@ log = Log(namespace="sipha.transport")
 #: Datagrams held at most before they are sent (:meth:`Transports.flush`): about
 #: 2 ms of handling at full load.
 UDP_SEND_BATCH = 64
+#: Datagrams read at most in one turn of the reactor, so that other sockets and
+#: timers get theirs under a flood.
+UDP_READ_BATCH = 256
 
 # Linux lets a privileged process exceed net.core.rmem_max with this option.
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -129,19 +133,58 @@ def bind_socket(listener: ListenAddress, receive_buffer: int) -> socket.socket:
     return sock
 
 
-class SIPDatagramProtocol(protocol.DatagramProtocol):
-    noisy = False  # sipha logs its own "listening on" line
+@implementer(IReadDescriptor)
+class SIPDatagramReader:
+    """Reads a UDP listener's socket for the reactor, and sends what the reading held.
 
-    def __init__(self, transports: Transports, listener: ListenAddress):
+    In place of Twisted's ``udp.Port``: that one hands each datagram on through
+    layers of calls and leaves the datagrams sent meanwhile to a timed call,
+    where this reads every datagram waiting (up to :data:`UDP_READ_BATCH`),
+    hands each to the core, then sends the answers at once
+    (:meth:`Transports.flush`).
+    """
+
+    def __init__(self, transports: Transports, listener: ListenAddress, sock: socket.socket):
         self.transports = transports
         self.listener = listener
+        self.socket = sock
 
-    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def logPrefix(self) -> str:  # noqa: N802
+        return f"sipha {self.listener}"
+
+    def doRead(self) -> None:  # noqa: N802
+        transports, listener, receive = self.transports, self.listener, self.socket.recvfrom
+        core = transports.core
+        transports.reading = True
         try:
-            self.transports.core.receive(data, Peer("udp", addr[0], addr[1]), self.listener)
-        except Exception:
-            # One bad message must never stop the others: log it and carry on.
-            log.failure("error handling a datagram from {addr}", addr=addr)
+            for _ in range(UDP_READ_BATCH):
+                try:
+                    data, addr = receive(65535)
+                except BlockingIOError:
+                    break
+                except OSError as error:
+                    # An unconnected socket gets no ICMP errors without
+                    # IP_RECVERR; whatever comes instead, the next turn reads on.
+                    log.debug("{listener}: read failed: {error}", listener=listener, error=error)
+                    break
+                try:
+                    core.receive(data, Peer("udp", addr[0], addr[1]), listener)
+                except Exception:
+                    # One bad message must never stop the others: log it and carry on.
+                    log.failure("error handling a datagram from {addr}", addr=addr)
+        finally:
+            transports.reading = False
+            transports.flush()
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        self.socket.close()
+
+    def stop(self) -> None:
+        self.transports.reactor.removeReader(self)
+        self.connectionLost()
 
 
 class SIPStreamProtocol(protocol.Protocol, policies.TimeoutMixin):
@@ -287,12 +330,14 @@ class Transports:
         self.limits = limits or LimitsConfig()
         self.tls = tls
         self.core: Any = None
-        self.udp: dict[ListenAddress, Any] = {}
+        self.udp: dict[ListenAddress, SIPDatagramReader] = {}
         self.tcp: dict[ListenAddress, Any] = {}
         #: Open streams by peer (transport, host, port), in either direction.
         self.connections: dict[Peer, SIPStreamProtocol] = {}
         #: Datagrams to send once the messages ready now are handled (:meth:`flush`).
         self._held: list[tuple[socket.socket, bytes, tuple[str, int]]] = []
+        #: A reader is handing datagrams to the core, and sends what they held when done.
+        self.reading = False
         self._per_source: Counter[str] = Counter()
         self.refused = 0
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -327,29 +372,26 @@ class Transports:
         sock = bind_socket(listener, receive_buffer)
         if listener.port == 0:
             listener = listener._replace(port=sock.getsockname()[1])
-        try:
-            if listener.transport == "udp":
-                granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-                if granted < receive_buffer:
-                    log.warn(
-                        "{listener}: receive buffer is {granted} bytes, not {wanted}: "
-                        "raise net.core.rmem_max",
-                        listener=listener,
-                        granted=granted,
-                        wanted=receive_buffer,
-                    )
-                self.udp[listener] = self.reactor.adoptDatagramPort(
-                    sock.fileno(),
-                    listener.family,
-                    SIPDatagramProtocol(self, listener),
-                    maxPacketSize=65535,
+        if listener.transport == "udp":
+            granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            if granted < receive_buffer:
+                log.warn(
+                    "{listener}: receive buffer is {granted} bytes, not {wanted}: "
+                    "raise net.core.rmem_max",
+                    listener=listener,
+                    granted=granted,
+                    wanted=receive_buffer,
                 )
-            else:
+            reader = SIPDatagramReader(self, listener, sock)
+            self.udp[listener] = reader
+            self.reactor.addReader(reader)
+        else:
+            try:
                 self.tcp[listener] = self.reactor.adoptStreamPort(
                     sock.fileno(), listener.family, SIPStreamFactory(self, listener)
                 )
-        finally:
-            sock.close()  # the reactor holds its own duplicate
+            finally:
+                sock.close()  # the reactor holds its own duplicate
         log.info("sipha listening on {listener}", listener=listener)
         return listener
 
@@ -383,7 +425,9 @@ class Transports:
         for connection in list(self.connections.values()):
             if connection.transport is not None:
                 connection.transport.loseConnection()
-        for port in [*self.udp.values(), *self.tcp.values()]:
+        for reader in self.udp.values():
+            reader.stop()
+        for port in self.tcp.values():
             await port.stopListening()
         self.udp.clear()
         self.tcp.clear()
@@ -401,18 +445,17 @@ class Transports:
             )
             return
         if peer.transport == "udp":
-            port = self.udp.get(local)
-            if port is None:
+            reader = self.udp.get(local)
+            if reader is None:
                 log.warn("no UDP socket for {local}", local=local)
                 return
             held = self._held
-            # The socket itself, not Port.write: that re-validates the
-            # address on every datagram, which the hot path cannot afford.
-            held.append((port.socket, data, (peer.host, peer.port)))
-            if len(held) == 1:
-                self.reactor.callLater(0, self.flush)
-            elif len(held) >= UDP_SEND_BATCH:
+            held.append((reader.socket, data, (peer.host, peer.port)))
+            if len(held) >= UDP_SEND_BATCH:
                 self.flush()
+            elif len(held) == 1 and not self.reading:
+                # Sent from a timer or a callback: once the reactor is done with it.
+                self.reactor.callLater(0, self.flush)
             return
         connection = self.connections.get(peer)
         if connection is None:
