@@ -909,7 +909,7 @@ class LimitsConfig:
     tcp_connections_per_source: int = setting(Int(ge=1), 64)
     tcp_idle_timeout: float = setting(Number(gt=0), 120)
     tcp_message_timeout: float = setting(Number(gt=0), 10)
-    transactions: int = setting(Int(ge=100), 200000)
+    transactions: int = setting(Int(ge=100), 500000)
     dialogs: int = setting(Int(ge=10), 100000)
     reserved_descriptors: int = setting(Int(ge=8), 64)
 

@@ -500,6 +500,13 @@ class ProxyCore:
             return
         if request.method not in ("ACK", "CANCEL") and self._full(request):
             self.stats["refused_at_bound"] += 1
+            log.throttled(
+                LogLevel.warn,
+                "at the [limits] bounds ({transactions} transactions, {dialogs} calls held):"
+                " new requests get 503",
+                transactions=len(self.layer.servers),
+                dialogs=len(self.dialogs),
+            )
             retry = (("Retry-After", str(SHED_RETRY_AFTER)),)
             self._reply_statelessly(request, source, local, 503, "Too Busy", retry)
             return

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from proxykit import CALLER, CONFIG, UDP_IN, invite, make_proxy
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 
+from sipha import logs
 from sipha.message import Response
 from sipha.pike import Pike, TrustedSources
 from sipha.transaction import Peer
@@ -108,11 +110,22 @@ def test_a_rejected_request_leaves_no_transaction_behind():
     assert core.layer.servers == {}
 
 
-def test_past_the_bound_on_calls_a_new_call_gets_503():
-    core, _, wire = make_proxy(CONFIG.replace("[pike]", "[limits]\ndialogs = 10\n[pike]"))
-    for n in range(11):
-        core.receive(invite(call_id=f"call-{n}", branch=f"z9hG4bK-{n}"), CALLER, UDP_IN)
+@pytest.mark.parametrize(
+    ("bound", "calls", "held"),
+    [("dialogs", 10, "10 calls held"), ("transactions", 100, "100 transactions")],
+)
+def test_past_a_bound_a_new_call_gets_503_and_the_log_says_so(
+    bound: str, calls: int, held: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logs, "THROTTLE_INTERVAL", 0.0)  # the other case's line was just now
+    core, _, wire = make_proxy(CONFIG.replace("[pike]", f"[limits]\n{bound} = {calls}\n[pike]"))
+    with capturedLogs() as events:
+        for n in range(calls + 1):
+            core.receive(invite(call_id=f"call-{n}", branch=f"z9hG4bK-{n}"), CALLER, UDP_IN)
     last = wire.take()[-1].message
     assert (last.status, last.reason) == (503, "Too Busy")
-    assert len(core.dialogs) == 10
     assert core.stats["refused_at_bound"] == 1
+    warnings = [formatEvent(e) for e in events if e.get("log_namespace") == "sipha.proxy"]
+    assert len(warnings) == 1
+    assert held in warnings[0]
+    assert "new requests get 503" in warnings[0]
